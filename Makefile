@@ -1,0 +1,25 @@
+.PHONY: install serve test lint format typecheck bench
+
+install:
+	python3 -m pip install -e ".[dev]"
+
+serve:
+	imagegate serve
+
+test:
+	./scripts/test.sh
+
+lint:
+	python3 -m ruff check .
+	python3 -m ruff format --check .
+	python3 -m mypy app
+
+format:
+	python3 -m ruff format .
+	python3 -m ruff check --fix .
+
+typecheck:
+	python3 -m mypy app
+
+bench:
+	python3 -m bench

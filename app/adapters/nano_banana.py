@@ -1,0 +1,212 @@
+"""Nano Banana models (Gemini image models) → Gemini `POST /models/{id}:generateContent`.
+
+The seeds say only `model`, `prompt` and `image` are used and every other field is ignored
+without an error, so `check_fields` returns a request with those fields cleared: nothing
+downstream can mistake an ignored `n`, `size`, `mask` or `stream` for something honoured, the mask
+is never fetched, and `response_format` is pinned to `url` (nano-banana always answers URLs).
+
+Gemini reports content refusals as HTTP 200 without an image; those become 400
+`moderation_blocked` when the reason is a safety one, and 502 otherwise (the model just did not
+draw), so clients are never charged for an empty answer.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from app.adapters.openai_common import (
+    check_image_count,
+    check_prompt,
+    check_ref_count,
+    clean_message,
+    decode_b64,
+    image_param,
+    malformed,
+    map_status,
+    sniff_mime,
+)
+from app.core.errors import GatewayError, bad_request
+from app.domain.edit import EditOutput, GeneratedImage
+
+if TYPE_CHECKING:
+    from app.core.config import ModelConfig
+    from app.domain.edit import EditRequest
+    from app.upstream.client import UpstreamClient, UpstreamResponse
+
+MAX_IMAGES = 14
+MAX_PROMPT = 32000
+IMAGE_MIMES = ("image/png", "image/jpeg", "image/webp")
+SAFETY_REASONS = frozenset(
+    {
+        "SAFETY",
+        "IMAGE_SAFETY",
+        "PROHIBITED_CONTENT",
+        "IMAGE_PROHIBITED_CONTENT",
+        "BLOCKLIST",
+        "SPII",
+        "RECITATION",
+        "IMAGE_RECITATION",
+    }
+)
+MAX_TEXT_IN_ERROR = 200
+
+
+class NanoBananaAdapter:
+    """Gemini generateContent image editing."""
+
+    name: ClassVar[str] = "nano-banana"
+    upstream_kind: ClassVar[str] = "gemini"
+
+    def __init__(self, model: str, config: ModelConfig, upstream: UpstreamClient) -> None:
+        self.model = model
+        self.config = config
+        self.upstream = upstream
+        self.path = f"/models/{config.upstream_model}:generateContent"
+
+    def max_images(self) -> int:
+        return MAX_IMAGES
+
+    def supports_stream(self) -> bool:
+        return False
+
+    def check_fields(self, req: EditRequest) -> EditRequest:
+        check_prompt(req.prompt, MAX_PROMPT)
+        check_ref_count(req, MAX_IMAGES, self.model)
+        return dataclasses.replace(
+            req,
+            mask_ref=None,
+            mask=None,
+            n=None,
+            size=None,
+            quality=None,
+            response_format="url",
+            background=None,
+            output_format=None,
+            output_compression=None,
+            input_fidelity=None,
+            moderation=None,
+            user=None,
+            stream=False,
+            partial_images=None,
+        )
+
+    def check_images(self, req: EditRequest) -> None:
+        check_image_count(req, MAX_IMAGES, self.model)
+        for i, img in enumerate(req.images):
+            if img.mime not in IMAGE_MIMES:
+                raise bad_request(
+                    f"{self.model} accepts PNG, JPEG or WEBP images", image_param(req, i)
+                )
+
+    def body(self, req: EditRequest) -> dict[str, Any]:
+        parts: list[dict[str, Any]] = [{"text": req.prompt}]
+        for img in req.images:
+            parts.append(
+                {
+                    "inlineData": {
+                        "mimeType": img.mime,
+                        "data": base64.b64encode(img.data).decode("ascii"),
+                    }
+                }
+            )
+        return {
+            "contents": [{"role": "user", "parts": parts}],
+            "generationConfig": {"responseModalities": ["IMAGE"]},
+        }
+
+    async def edit(self, req: EditRequest, trace_id: str) -> EditOutput:
+        resp = await self.upstream.request("POST", self.path, json=self.body(req))
+        if not resp.ok:
+            raise map_gemini_error(resp, self.upstream)
+        try:
+            payload = resp.json()
+        except ValueError:
+            raise malformed(self.upstream, "a non-JSON response") from None
+        if not isinstance(payload, dict):
+            raise malformed(self.upstream)
+        images = extract_images(payload, self.upstream)
+        return EditOutput(
+            images=[
+                GeneratedImage(data=data, mime=mime, revised_prompt=req.prompt)
+                for data, mime in images
+            ],
+            created=0,
+        )
+
+    def stream(self, req: EditRequest, trace_id: str) -> AsyncIterator[dict[str, Any]]:
+        raise GatewayError("api_not_implemented", f"stream is not supported by {self.model}")
+
+
+def _inline(part: dict[str, Any]) -> dict[str, Any] | None:
+    """The part's inline image, accepting proto-JSON camelCase or snake_case."""
+    blob = part.get("inlineData", part.get("inline_data"))
+    return blob if isinstance(blob, dict) else None
+
+
+def extract_images(payload: dict[str, Any], upstream: UpstreamClient) -> list[tuple[bytes, str]]:
+    """Final (non-thought) images of the first candidate; the last thought image as a fallback
+    unless the answer was a safety refusal (an interim image must not slip past a block).
+
+    Raises the failure that fits when there is none: moderation for safety reasons, else 502.
+    """
+    feedback = payload.get("promptFeedback")
+    block = feedback.get("blockReason") if isinstance(feedback, dict) else None
+    candidates = payload.get("candidates")
+    candidate = candidates[0] if isinstance(candidates, list) and candidates else None
+    if candidate is not None and not isinstance(candidate, dict):
+        raise malformed(upstream)
+    finish = candidate.get("finishReason") if candidate else None
+    content = candidate.get("content") if candidate else None
+    parts = content.get("parts") if isinstance(content, dict) else None
+    finals: list[tuple[bytes, str]] = []
+    thoughts: list[tuple[bytes, str]] = []
+    texts: list[str] = []
+    for part in parts if isinstance(parts, list) else []:
+        if not isinstance(part, dict):
+            continue
+        blob = _inline(part)
+        if blob is None:
+            if isinstance(part.get("text"), str) and part.get("thought") is not True:
+                texts.append(part["text"])
+            continue
+        data = decode_b64(upstream, blob.get("data"))
+        declared = blob.get("mimeType", blob.get("mime_type"))
+        mime = sniff_mime(data) or (declared if isinstance(declared, str) else "image/png")
+        (thoughts if part.get("thought") is True else finals).append((data, mime))
+    if finals:
+        return finals
+    if block:
+        raise GatewayError(
+            "moderation_blocked", f"the upstream blocked the prompt (blockReason {block})"
+        )
+    if finish in SAFETY_REASONS:
+        raise GatewayError(
+            "moderation_blocked", f"the upstream refused the content (finishReason {finish})"
+        )
+    if thoughts:  # Gemini 3: "the last image within Thinking is also the final rendered image"
+        return thoughts[-1:]
+    detail = f"finishReason {finish}" if finish else "no candidates"
+    text = clean_message(upstream, " ".join(texts))
+    if text:
+        if len(text) > MAX_TEXT_IN_ERROR:
+            text = text[:MAX_TEXT_IN_ERROR] + "…"
+        detail += f"; it said: {text}"
+    raise GatewayError("api_error", f"upstream returned no image ({detail})", status=502)
+
+
+def map_gemini_error(resp: UpstreamResponse, upstream: UpstreamClient) -> GatewayError:
+    """Gemini's `{"error": {code, message, status}}` → gateway error (same table as OpenAI)."""
+    err: dict[str, Any] = {}
+    try:
+        body = resp.json()
+        if isinstance(body, dict) and isinstance(body.get("error"), dict):
+            err = body["error"]
+    except ValueError:
+        pass
+    message = clean_message(upstream, err.get("message"))
+    if message and resp.status < 500 and isinstance(err.get("status"), str):
+        message = f"{message} ({err['status']})"
+    return map_status(resp.status, message=message, retry_after=resp.retry_after())

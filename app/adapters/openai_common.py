@@ -1,0 +1,270 @@
+"""Helpers shared by the adapters: field checks, upstream-error mapping, OpenAI encoding/decoding.
+
+The gateway answers in OpenAI's error vocabulary whatever the upstream, so the status → gateway
+error mapping lives here and the Gemini adapter reuses it with its own message extraction.
+Everything that parses an upstream body treats it as untrusted: a malformed success body is a
+502, never a 500, and an upstream message is redacted and truncated before a client sees it.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import math
+import time
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+from app.core.errors import GatewayError, bad_request
+from app.domain.edit import EditOutput, EditRequest, GeneratedImage, Image
+from app.upstream.multipart import FilePart
+
+if TYPE_CHECKING:
+    from app.upstream.client import UpstreamClient, UpstreamResponse
+
+MAX_UPSTREAM_MESSAGE = 500
+MIME_BY_FORMAT = {
+    "png": "image/png",
+    "jpeg": "image/jpeg",
+    "jpg": "image/jpeg",
+    "webp": "image/webp",
+}
+UPSTREAM_REJECTED = "upstream rejected the request: "
+
+
+# ---------------------------------------------------------------------------------------------
+# Field checks
+
+
+def check_prompt(prompt: str | None, limit: int) -> None:
+    """Prompts are required and bounded; the limit is the upstream's, checked before any fetch."""
+    if prompt is None or not prompt.strip():
+        raise bad_request("prompt is required", "prompt")
+    if len(prompt) > limit:
+        raise bad_request(
+            f"prompt is too long: {len(prompt)} characters, the limit is {limit}", "prompt"
+        )
+
+
+def check_choice(value: str | None, allowed: Iterable[str], param: str) -> None:
+    """`None` means the client did not send the field: always fine."""
+    if value is None:
+        return
+    options = tuple(allowed)
+    if value not in options:
+        raise bad_request(f"{param} must be one of {', '.join(options)}; got {value!r}", param)
+
+
+def check_int_range(value: int | None, low: int, high: int, param: str) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise bad_request(f"{param} must be an integer from {low} to {high}; got {value!r}", param)
+
+
+def check_ref_count(req: EditRequest, limit: int, model: str) -> None:
+    """Before fetching: too many image inputs is refused without downloading any of them."""
+    if len(req.image_refs) > limit:
+        raise bad_request(too_many_images(model, limit, len(req.image_refs)), "image")
+
+
+def too_many_images(model: str, limit: int, got: int) -> str:
+    noun = "image" if limit == 1 else "images"
+    return f"{model} accepts at most {limit} {noun}; got {got}"
+
+
+def check_image_count(req: EditRequest, limit: int, model: str) -> None:
+    if not req.images:
+        raise bad_request("image is required", "image")
+    if len(req.images) > limit:
+        raise bad_request(too_many_images(model, limit, len(req.images)), "image")
+
+
+def image_param(req: EditRequest, index: int) -> str:
+    """The parameter name the client used for image `index`, for error messages."""
+    if len(req.image_refs) == len(req.images) and index < len(req.image_refs):
+        return req.image_refs[index].param
+    return "image" if len(req.images) == 1 else f"image[{index}]"
+
+
+def check_mask(req: EditRequest, *, max_bytes: int | None = None) -> None:
+    """The mask is a PNG with the first image's dimensions (OpenAI applies it to that image)."""
+    mask = req.mask
+    if mask is None:
+        return
+    if mask.mime != "image/png":
+        raise bad_request("mask must be a PNG image", "mask")
+    if max_bytes is not None and len(mask.data) >= max_bytes:
+        raise bad_request(f"mask must be smaller than {max_bytes // (1024 * 1024)} MB", "mask")
+    if req.images:
+        first = req.images[0]
+        if (mask.width, mask.height) != (first.width, first.height):
+            raise bad_request(
+                f"mask must have the same dimensions as the first image: mask is "
+                f"{mask.width}x{mask.height}, image is {first.width}x{first.height}",
+                "mask",
+            )
+
+
+def sniff_mime(data: bytes) -> str | None:
+    """Identify PNG/JPEG/WEBP by magic bytes (what the upstream returned, not what it claimed)."""
+    if data.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "image/png"
+    if data.startswith(b"\xff\xd8\xff"):
+        return "image/jpeg"
+    if len(data) >= 12 and data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "image/webp"
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# Upstream error mapping (status → gateway error), shared by both protocols
+
+
+def clean_message(upstream: UpstreamClient, message: Any) -> str | None:
+    if not isinstance(message, str) or not message.strip():
+        return None
+    text = upstream.redact(message.strip())
+    if len(text) > MAX_UPSTREAM_MESSAGE:
+        text = text[:MAX_UPSTREAM_MESSAGE] + "…"
+    return text
+
+
+def map_status(
+    status: int,
+    *,
+    message: str | None,
+    param: str | None = None,
+    retry_after: float | None = None,
+) -> GatewayError:
+    """Map a final (post-retry) upstream HTTP error to the gateway's error.
+
+    Auth failures become 502 with a fixed message: the upstream's body may echo the key, and the
+    client cannot fix our credential anyway. Request errors pass the upstream's explanation on.
+    """
+    if status in (401, 403):
+        return GatewayError("api_error", "upstream authentication failed", status=502)
+    if status == 429:
+        wait = max(1, math.ceil(retry_after)) if retry_after is not None else 1
+        return GatewayError(
+            "too_many_requests",
+            "upstream rate limited",
+            status=429,
+            headers={"Retry-After": str(wait)},
+        )
+    if status == 408:
+        return GatewayError("upstream_timeout", "upstream timed out", status=504)
+    if status == 413:
+        return GatewayError(
+            "payload_too_large",
+            UPSTREAM_REJECTED + (message or "request too large"),
+            param=param,
+            status=413,
+        )
+    if status in (400, 404, 409, 415, 422):
+        return GatewayError(
+            "bad_request",
+            UPSTREAM_REJECTED + (message or f"HTTP {status}"),
+            param=param,
+            status=400,
+        )
+    if status >= 500:
+        detail = f": {message}" if message else ""
+        return GatewayError("api_error", f"upstream error (HTTP {status}){detail}", status=502)
+    return GatewayError("api_error", f"upstream answered HTTP {status}", status=502)
+
+
+def malformed(upstream: UpstreamClient, what: str = "a malformed response") -> GatewayError:
+    return GatewayError("api_error", f"upstream {upstream.name} returned {what}", status=502)
+
+
+def map_openai_error(resp: UpstreamResponse, upstream: UpstreamClient) -> GatewayError:
+    """OpenAI's `{"error": {message, type, param, code}}` → gateway error."""
+    err: dict[str, Any] = {}
+    try:
+        body = resp.json()
+        if isinstance(body, dict) and isinstance(body.get("error"), dict):
+            err = body["error"]
+    except ValueError:
+        pass
+    message = clean_message(upstream, err.get("message"))
+    param = err.get("param") if isinstance(err.get("param"), str) else None
+    is_moderation = (
+        err.get("code") == "moderation_blocked" or err.get("type") == "image_generation_user_error"
+    )
+    if resp.status == 400 and is_moderation:
+        return GatewayError(
+            "moderation_blocked",
+            message or "the request was rejected by the upstream's safety system",
+            status=400,
+        )
+    return map_status(resp.status, message=message, param=param, retry_after=resp.retry_after())
+
+
+# ---------------------------------------------------------------------------------------------
+# OpenAI encoding / decoding
+
+
+def image_parts(images: list[Image], mask: Image | None) -> list[FilePart]:
+    """One image → part `image`; several → repeated `image[]` (repeated `image` is a 400
+    `duplicate_parameter` upstream). Content types come from the sniffed bytes."""
+    name = "image" if len(images) == 1 else "image[]"
+    parts = [
+        FilePart(name, f"image_{i}.{img.ext}", img.mime, img.data) for i, img in enumerate(images)
+    ]
+    if mask is not None:
+        parts.append(FilePart("mask", "mask.png", "image/png", mask.data))
+    return parts
+
+
+def decode_b64(upstream: UpstreamClient, value: Any) -> bytes:
+    if not isinstance(value, str) or not value:
+        raise malformed(upstream, "an image without data")
+    try:
+        return base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raise malformed(upstream, "invalid base64 image data") from None
+
+
+def parse_images_response(
+    resp: UpstreamResponse, upstream: UpstreamClient, *, requested_format: str | None = None
+) -> EditOutput:
+    """OpenAI `ImagesResponse` → `EditOutput` (b64 decoded, MIME sniffed from the bytes)."""
+    try:
+        body = resp.json()
+    except ValueError:
+        raise malformed(upstream, "a non-JSON response") from None
+    if not isinstance(body, dict) or not isinstance(body.get("data"), list):
+        raise malformed(upstream)
+    fmt = body.get("output_format") if isinstance(body.get("output_format"), str) else None
+    fallback = MIME_BY_FORMAT.get(fmt or requested_format or "png", "image/png")
+    images: list[GeneratedImage] = []
+    for item in body["data"]:
+        if not isinstance(item, dict):
+            raise malformed(upstream)
+        data = decode_b64(upstream, item.get("b64_json"))
+        revised = item.get("revised_prompt")
+        images.append(
+            GeneratedImage(
+                data=data,
+                mime=sniff_mime(data) or fallback,
+                revised_prompt=revised if isinstance(revised, str) else None,
+            )
+        )
+    if not images:
+        raise GatewayError("api_error", "upstream returned no image", status=502)
+    created = body.get("created")
+    if not isinstance(created, int) or isinstance(created, bool):
+        created = int(time.time())
+    extra: dict[str, Any] = {}
+    if isinstance(body.get("usage"), dict):
+        extra["usage"] = body["usage"]
+    for key in ("size", "quality", "output_format", "background"):
+        if isinstance(body.get(key), str):
+            extra[key] = body[key]
+    return EditOutput(images=images, created=created, extra=extra)
+
+
+def multipart_headers(content_type: str, trace_id: str) -> dict[str, str]:
+    # X-Client-Request-Id lets OpenAI support correlate a failure with our trace id.
+    return {"content-type": content_type, "x-client-request-id": trace_id}

@@ -1,0 +1,26 @@
+"""orjson-backed responses and the one error envelope."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+
+from app.core.errors import GatewayError, envelope
+
+
+class JSONResponse(Response):
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content)
+
+
+def trace_id_of(request: Request) -> str:
+    return str(getattr(request.state, "trace_id", ""))
+
+
+def error_response(request: Request, err: GatewayError) -> JSONResponse:
+    return JSONResponse(envelope(err, trace_id_of(request)), err.status, headers=err.headers)

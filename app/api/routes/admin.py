@@ -1,0 +1,147 @@
+"""The admin API (SPEC §3): keys, credits and usage, behind the admin key.
+
+Thin: bodies are checked by pydantic, the work is `KeyAdmin` and the store, shared with the CLI.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from typing import Any, Literal
+
+from fastapi import APIRouter, Request
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.responses import Response
+
+from app.api.deps import require_admin
+from app.api.responses import JSONResponse
+from app.api.views import RECORD_COLUMNS, group_view, key_view, parse_time, record_view
+from app.core.errors import bad_request
+from app.core.money import credits_json
+from app.domain.keys import parse_credits
+from app.store.base import UsageQuery
+
+router = APIRouter(prefix="/admin", tags=["admin"])
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class KeyCreate(_Body):
+    name: str = Field(min_length=1, max_length=200)
+    credits: float | int | str = 0
+    rpm: int | None = Field(None, ge=1)
+    max_concurrency: int | None = Field(None, ge=1)
+    models: list[str] | None = None
+    expires_at: float | str | None = None
+
+
+class KeyUpdate(_Body):
+    name: str | None = Field(None, min_length=1, max_length=200)
+    rpm: int | None = Field(None, ge=1)
+    max_concurrency: int | None = Field(None, ge=1)
+    models: list[str] | None = None
+    expires_at: float | str | None = None
+    disabled: bool | None = None
+
+
+class CreditsBody(_Body):
+    amount: float | int | str
+    note: str | None = Field(None, max_length=500)
+
+
+@router.post("/keys", status_code=201, summary="Create an API key (the secret is shown once)")
+async def create_key(body: KeyCreate, request: Request) -> JSONResponse:
+    gw = require_admin(request)
+    new = await gw.keys.create(
+        name=body.name,
+        credits=parse_credits(body.credits),
+        rpm=body.rpm,
+        max_concurrency=body.max_concurrency,
+        models=body.models,
+        expires_at=parse_time(body.expires_at, "expires_at"),
+    )
+    out = key_view(new.key) | {"key": new.secret, "webhook_secret": new.key.webhook_secret}
+    return JSONResponse(out, 201)
+
+
+@router.get("/keys", summary="List API keys")
+async def list_keys(request: Request) -> JSONResponse:
+    gw = require_admin(request)
+    return JSONResponse({"data": [key_view(k) for k in await gw.keys.list()]})
+
+
+@router.get("/keys/{key_id}", summary="One API key")
+async def get_key(key_id: str, request: Request) -> JSONResponse:
+    gw = require_admin(request)
+    return JSONResponse(key_view(await gw.keys.get(key_id)))
+
+
+@router.patch("/keys/{key_id}", summary="Change a key's name, limits, models, expiry, disabled")
+async def update_key(key_id: str, body: KeyUpdate, request: Request) -> JSONResponse:
+    gw = require_admin(request)
+    changes: dict[str, Any] = body.model_dump(exclude_unset=True)
+    if "expires_at" in changes:
+        changes["expires_at"] = parse_time(changes["expires_at"], "expires_at")
+    key = await gw.keys.update(key_id, changes)
+    gw.meter.forget(key_id)
+    return JSONResponse(key_view(key))
+
+
+@router.delete("/keys/{key_id}", summary="Revoke a key")
+async def delete_key(key_id: str, request: Request) -> JSONResponse:
+    gw = require_admin(request)
+    await gw.keys.revoke(key_id)
+    gw.meter.forget(key_id)
+    return JSONResponse({"id": key_id, "deleted": True})
+
+
+@router.post("/keys/{key_id}/credits", summary="Top up (or deduct with a negative amount)")
+async def add_credits(key_id: str, body: CreditsBody, request: Request) -> JSONResponse:
+    gw = require_admin(request)
+    amount = parse_credits(body.amount, "amount", allow_negative=True)
+    balance = await gw.keys.add_credits(key_id, amount, body.note)
+    return JSONResponse({"id": key_id, "balance": credits_json(balance)})
+
+
+def _query(request: Request) -> UsageQuery:
+    q = request.query_params
+    return UsageQuery(
+        key_id=q.get("key_id") or None,
+        model=q.get("model") or None,
+        since=parse_time(q.get("since"), "since"),
+        until=parse_time(q.get("until"), "until"),
+    )
+
+
+@router.get("/usage", summary="Usage aggregates: requests, images, credits")
+async def usage(request: Request, group_by: Literal["day", "model", "key"] = "day") -> JSONResponse:
+    gw = require_admin(request)
+    groups = await gw.store.usage_summary(_query(request), group_by)
+    return JSONResponse({"group_by": group_by, "data": [group_view(g) for g in groups]})
+
+
+@router.get("/usage/records", summary="Ledger rows, newest first; format=csv to export")
+async def usage_records(
+    request: Request, limit: int = 100, offset: int = 0, format: str = "json"
+) -> Response:
+    gw = require_admin(request)
+    if not 1 <= limit <= 10_000 or offset < 0:
+        raise bad_request("limit must be 1..10000 and offset >= 0", "limit")
+    rows = await gw.store.usage_records(_query(request), limit=limit, offset=offset)
+    views = [record_view(r) for r in rows]
+    if format == "csv":
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=RECORD_COLUMNS)
+        writer.writeheader()
+        writer.writerows(views)
+        return Response(
+            buf.getvalue(),
+            media_type="text/csv",
+            headers={"content-disposition": 'attachment; filename="usage.csv"'},
+        )
+    if format != "json":
+        raise bad_request("format must be json or csv", "format")
+    nxt = offset + len(views) if len(views) == limit else None
+    return JSONResponse({"data": views, "limit": limit, "offset": offset, "next_offset": nxt})

@@ -1,0 +1,77 @@
+"""POST /v1/images/edits and /v1/openai/images/edits — one thin handler for both paths.
+
+Authenticate from the header before reading the body (an unknown caller never makes the
+gateway read 200 MB or fetch a URL), normalize the body, hand over to the edit service.
+"""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from starlette.responses import Response, StreamingResponse
+
+from app.api.body import parse_edit_body
+from app.api.deps import base_url, gateway
+from app.api.responses import JSONResponse, trace_id_of
+from app.domain.service import EditContext
+
+router = APIRouter(tags=["images"])
+
+_FIELDS = {
+    "model": {"type": "string", "example": "gpt-image-2"},
+    "prompt": {"type": "string"},
+    "image": {"description": "file part(s) `image`, `image[]`, or image URL(s)"},
+    "mask": {"description": "PNG file part or URL"},
+    "n": {"type": "integer"},
+    "size": {"type": "string", "example": "1024x1024"},
+    "quality": {"type": "string"},
+    "response_format": {"type": "string", "enum": ["url", "b64_json"]},
+    "background": {"type": "string"},
+    "output_format": {"type": "string"},
+    "output_compression": {"type": "integer"},
+    "input_fidelity": {"type": "string"},
+    "moderation": {"type": "string"},
+    "user": {"type": "string"},
+    "stream": {"type": "boolean"},
+    "partial_images": {"type": "integer"},
+    "callback_url": {"type": "string"},
+}
+_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {"schema": {"type": "object", "properties": _FIELDS}},
+            "application/json": {"schema": {"type": "object", "properties": _FIELDS}},
+        },
+    }
+}
+
+
+async def edit_image(request: Request) -> Response:
+    gw = gateway(request)
+    key = await gw.meter.authenticate(request.headers.get("authorization"))
+    req = await parse_edit_body(
+        request.headers.get("content-type"),
+        request.stream(),
+        gw.config.limits,
+        default_model=gw.config.default_model,
+    )
+    ctx = EditContext(trace_id=trace_id_of(request), base_url=base_url(request, gw))
+    reply = await gw.service.edit(key, req, ctx, request.headers.get("idempotency-key"))
+    if reply.raw is not None:
+        return Response(reply.raw, media_type="application/json", headers=reply.headers)
+    if reply.events is not None:
+        return StreamingResponse(
+            reply.events, media_type="text/event-stream", headers=reply.headers
+        )
+    return JSONResponse(reply.body, headers=reply.headers)
+
+
+for _path in ("/v1/images/edits", "/v1/openai/images/edits"):
+    router.add_api_route(
+        _path,
+        edit_image,
+        methods=["POST"],
+        summary="Edit images (OpenAI-compatible)",
+        openapi_extra=_BODY,
+        include_in_schema=True,
+    )

@@ -1,0 +1,34 @@
+"""Liveness, readiness and Prometheus metrics."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from starlette.responses import PlainTextResponse
+
+from app.api.deps import gateway
+from app.api.responses import JSONResponse
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/healthz", summary="The process is alive")
+async def healthz() -> JSONResponse:
+    return JSONResponse({"status": "ok"})
+
+
+@router.get("/readyz", summary="Store reachable and config loaded")
+async def readyz(request: Request) -> JSONResponse:
+    gw = gateway(request)
+    try:
+        ok = await gw.store.ping()
+    except Exception:
+        ok = False
+    body = {"status": "ok" if ok else "unavailable", "store": ok, "models": len(gw.adapters)}
+    return JSONResponse(body, 200 if ok else 503)
+
+
+@router.get("/metrics", summary="Prometheus metrics")
+async def metrics(request: Request) -> PlainTextResponse:
+    gw = gateway(request)
+    await gw.refresh_gauges()
+    return PlainTextResponse(gw.metrics.render(), media_type="text/plain; version=0.0.4")

@@ -1,0 +1,280 @@
+"""The `imagegate` command: serve, simulate, and the operator's key/credit/usage commands.
+
+The admin commands talk to the store directly through the same `KeyAdmin` the admin API uses,
+so they work with the gateway stopped and behave exactly like the API.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from app.core.config import ConfigError, Settings, load_config
+from app.core.errors import GatewayError
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    settings = Settings()
+    if getattr(args, "config", None):
+        settings.config = args.config
+    return settings
+
+
+# --- serve / simulate ---------------------------------------------------------------------
+def cmd_serve(args: argparse.Namespace) -> int:
+    from app.server import serve
+
+    return serve(_settings(args), host=args.host, port=args.port, explicit_config=args.config)
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from app.server import work
+
+    return work(_settings(args), explicit_config=args.config)
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from app.simulator import run
+
+    print(f"imagegate simulator on http://{args.host}:{args.port}  (OpenAI: /v1, Gemini: /v1beta)")
+    run(args.host, args.port)
+    return 0
+
+
+# --- admin commands -----------------------------------------------------------------------
+def _run_admin(args: argparse.Namespace, fn: Callable[[Any], Awaitable[int]]) -> int:
+    from app.domain.keys import KeyAdmin
+    from app.store import open_store
+
+    settings = _settings(args)
+
+    async def main() -> int:
+        config = load_config(settings, args.config) if args.config else load_config(settings)
+        store = open_store(settings.redis_url, Path(settings.data_dir))
+        try:
+            return await fn(KeyAdmin(store, set(config.models)))
+        finally:
+            await store.close()
+
+    try:
+        return asyncio.run(main())
+    except GatewayError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        return 2
+    except ConfigError as exc:
+        print(f"config error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
+    if not rows:
+        return "(none)"
+    cells = [[("" if r.get(c) is None else str(r.get(c))) for c in columns] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
+    line = "  ".join(c.upper().ljust(w) for c, w in zip(columns, widths, strict=True))
+    body = ["  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)) for row in cells]
+    return "\n".join([line, *body])
+
+
+def _print(obj: Any, as_json: bool, columns: Sequence[str] | None = None) -> None:
+    if as_json or columns is None:
+        print(json.dumps(obj, indent=2, default=str))
+    else:
+        rows = obj if isinstance(obj, list) else [obj]
+        print(_table(rows, columns))
+
+
+KEY_COLUMNS = ["id", "name", "prefix", "balance", "rpm", "max_concurrency", "models",
+               "expires_at", "disabled"]  # fmt: skip
+
+
+def _models(value: str | None) -> list[str] | None:
+    if value is None or value in ("", "all", "*"):
+        return None
+    return [m.strip() for m in value.split(",") if m.strip()]
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    from app.api.views import key_view, parse_time
+    from app.domain.keys import parse_credits
+
+    async def run(admin: Any) -> int:
+        if args.keys_cmd == "create":
+            new = await admin.create(
+                name=args.name,
+                credits=parse_credits(args.credits),
+                rpm=args.rpm,
+                max_concurrency=args.max_concurrency,
+                models=_models(args.models),
+                expires_at=parse_time(args.expires_at, "expires_at"),
+            )
+            out = key_view(new.key) | {"key": new.secret, "webhook_secret": new.key.webhook_secret}
+            if args.json:
+                _print(out, True)
+            else:
+                print(_table([out], KEY_COLUMNS))
+                print(
+                    f"\nkey (shown once):  {new.secret}\nwebhook secret:    {out['webhook_secret']}"
+                )
+        elif args.keys_cmd == "list":
+            _print([key_view(k) for k in await admin.list()], args.json, KEY_COLUMNS)
+        elif args.keys_cmd == "show":
+            _print(key_view(await admin.get(args.id)), True)
+        elif args.keys_cmd == "update":
+            changes: dict[str, Any] = {}
+            for field in ("name", "rpm", "max_concurrency"):
+                if getattr(args, field) is not None:
+                    changes[field] = getattr(args, field)
+            if args.models is not None:
+                changes["models"] = _models(args.models)
+            if args.expires_at is not None:
+                changes["expires_at"] = parse_time(args.expires_at, "expires_at")
+            if args.disable:
+                changes["disabled"] = True
+            if args.enable:
+                changes["disabled"] = False
+            _print(key_view(await admin.update(args.id, changes)), args.json, KEY_COLUMNS)
+        elif args.keys_cmd == "revoke":
+            await admin.revoke(args.id)
+            print(f"revoked {args.id}")
+        return 0
+
+    return _run_admin(args, run)
+
+
+def cmd_credits(args: argparse.Namespace) -> int:
+    from app.core.money import credits_json
+    from app.domain.keys import parse_credits
+
+    async def run(admin: Any) -> int:
+        amount = parse_credits(args.amount, "amount", allow_negative=True)
+        balance = await admin.add_credits(args.id, amount, args.note)
+        print(json.dumps({"id": args.id, "balance": credits_json(balance)}))
+        return 0
+
+    return _run_admin(args, run)
+
+
+def cmd_usage(args: argparse.Namespace) -> int:
+    import csv
+
+    from app.api.views import RECORD_COLUMNS, group_view, parse_time, record_view
+    from app.store.base import UsageQuery
+
+    async def run(admin: Any) -> int:
+        query = UsageQuery(
+            key_id=args.key_id,
+            model=args.model,
+            since=parse_time(args.since, "since"),
+            until=parse_time(args.until, "until"),
+        )
+        if args.records or args.csv:
+            rows = [
+                record_view(r)
+                for r in await admin.store.usage_records(query, limit=args.limit, offset=0)
+            ]
+            if args.csv:
+                writer = csv.DictWriter(sys.stdout, fieldnames=RECORD_COLUMNS)
+                writer.writeheader()
+                writer.writerows(rows)
+            else:
+                cols = ["created_at", "key_id", "model", "size_tier", "images", "credits",
+                        "status", "error_code", "latency_ms"]  # fmt: skip
+                _print(rows, args.json, cols)
+            return 0
+        groups = [group_view(g) for g in await admin.store.usage_summary(query, args.group_by)]
+        _print(groups, args.json, ["group", "requests", "succeeded", "failed", "images", "credits"])
+        return 0
+
+    return _run_admin(args, run)
+
+
+# --- parser -------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="imagegate", description="OpenAI-compatible image-edit gateway"
+    )
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    s = sub.add_parser("serve", help="run the gateway")
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=8000)
+    s.add_argument(
+        "--config", help="YAML config (default: $IMAGEGATE_CONFIG or config/gateway.yaml)"
+    )
+    s.set_defaults(fn=cmd_serve)
+
+    s = sub.add_parser("worker", help="run async-task workers and callback deliveries only")
+    s.add_argument("--config", help="YAML config")
+    s.set_defaults(fn=cmd_worker)
+
+    s = sub.add_parser("simulate", help="run the simulated OpenAI + Gemini upstream alone")
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=9000)
+    s.set_defaults(fn=cmd_simulate)
+
+    k = sub.add_parser("keys", help="create, list, show, update and revoke API keys")
+    k.add_argument("--config")
+    ks = k.add_subparsers(dest="keys_cmd", required=True)
+    c = ks.add_parser("create", help="create a key (its secret is printed once)")
+    c.add_argument("--name", required=True)
+    c.add_argument("--credits", default="0", help="initial balance, e.g. 10 or 2.5")
+    c.add_argument("--rpm", type=int)
+    c.add_argument("--max-concurrency", type=int)
+    c.add_argument("--models", help="comma-separated allowed models (default: all)")
+    c.add_argument("--expires-at", help="unix seconds or ISO 8601")
+    c.add_argument("--json", action="store_true")
+    c = ks.add_parser("list")
+    c.add_argument("--json", action="store_true")
+    c = ks.add_parser("show")
+    c.add_argument("id")
+    c = ks.add_parser("update")
+    c.add_argument("id")
+    c.add_argument("--name")
+    c.add_argument("--rpm", type=int)
+    c.add_argument("--max-concurrency", type=int)
+    c.add_argument("--models", help="comma-separated, or 'all'")
+    c.add_argument("--expires-at")
+    c.add_argument("--disable", action="store_true")
+    c.add_argument("--enable", action="store_true")
+    c.add_argument("--json", action="store_true")
+    c = ks.add_parser("revoke")
+    c.add_argument("id")
+    k.set_defaults(fn=cmd_keys)
+
+    cr = sub.add_parser("credits", help="top up or deduct credits")
+    cr.add_argument("--config")
+    crs = cr.add_subparsers(dest="credits_cmd", required=True)
+    c = crs.add_parser("add", help="add AMOUNT (negative to deduct) to key ID")
+    c.add_argument("id")
+    c.add_argument("amount")
+    c.add_argument("--note")
+    cr.set_defaults(fn=cmd_credits)
+
+    u = sub.add_parser("usage", help="usage aggregates or ledger records")
+    u.add_argument("--config")
+    u.add_argument("--key-id")
+    u.add_argument("--model")
+    u.add_argument("--since")
+    u.add_argument("--until")
+    u.add_argument("--group-by", choices=["day", "model", "key"], default="day")
+    u.add_argument("--records", action="store_true", help="ledger rows instead of aggregates")
+    u.add_argument("--csv", action="store_true", help="ledger rows as CSV")
+    u.add_argument("--limit", type=int, default=100)
+    u.add_argument("--json", action="store_true")
+    u.set_defaults(fn=cmd_usage)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.fn(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,226 @@
+"""Settings from the environment (`IMAGEGATE_*`) and the YAML gateway config.
+
+Settings say where things are (config file, Redis, data dir, upstream credentials); the YAML
+config says what the gateway offers (upstreams, models, prices, limits). The YAML may reference
+environment variables as `${NAME}` or `${NAME:-default}`; the `IMAGEGATE_*` settings with
+defaults are visible to it even when not exported, so the shipped config works unchanged.
+Both are loaded and validated once at start-up; errors name the file and the bad field.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from decimal import Decimal
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from app.core.money import to_micro
+
+DEFAULT_OPENAI_BASE_URL = "https://api.openai.com/v1"
+DEFAULT_GEMINI_BASE_URL = "https://generativelanguage.googleapis.com/v1beta"
+
+
+class Settings(BaseSettings):
+    """Process settings, read from `IMAGEGATE_*` environment variables."""
+
+    model_config = SettingsConfigDict(env_prefix="IMAGEGATE_", extra="ignore")
+
+    config: str = "config/gateway.yaml"
+    redis_url: str | None = None
+    data_dir: Path = Path("./data")
+    admin_key: str | None = None
+    public_base_url: str | None = None
+    allow_private_urls: bool = False
+    openai_base_url: str = DEFAULT_OPENAI_BASE_URL
+    openai_api_key: str | None = None
+    gemini_base_url: str = DEFAULT_GEMINI_BASE_URL
+    gemini_api_key: str | None = None
+    log_level: str = "info"
+    workers: int | None = None  # in-process task workers; None = config value
+
+    def interpolation_env(self) -> dict[str, str]:
+        """What `${NAME}` in the YAML sees: the settings' values, overlaid by the real env."""
+        env = {
+            "IMAGEGATE_OPENAI_BASE_URL": self.openai_base_url,
+            "IMAGEGATE_OPENAI_API_KEY": self.openai_api_key or "",
+            "IMAGEGATE_GEMINI_BASE_URL": self.gemini_base_url,
+            "IMAGEGATE_GEMINI_API_KEY": self.gemini_api_key or "",
+        }
+        env.update(os.environ)
+        return env
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class UpstreamConfig(_Strict):
+    kind: Literal["openai", "gemini"]
+    base_url: str
+    api_key: str | None = None
+    timeout_s: float = Field(300, gt=0)
+    connect_timeout_s: float = Field(10, gt=0)
+    max_concurrency: int = Field(64, ge=1)
+    retries: int = Field(2, ge=0, le=10)
+    backoff_s: float = Field(0.5, ge=0)
+
+    @field_validator("api_key", mode="before")
+    @classmethod
+    def _empty_is_none(cls, v: Any) -> Any:
+        return v or None
+
+    @field_validator("base_url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        if not v.startswith(("http://", "https://")):
+            raise ValueError(f"must be an http(s) URL, got {v!r}")
+        return v.rstrip("/")
+
+
+class PriceConfig(_Strict):
+    per_image: Decimal | None = Field(None, ge=0)
+    per_request: Decimal | None = Field(None, ge=0)
+    # Only gpt-image style models have size tiers; without a multiplier every size costs the same.
+    other_tier_multiplier: Decimal | None = Field(None, ge=0)
+
+    @model_validator(mode="after")
+    def _one_basis(self) -> PriceConfig:
+        if (self.per_image is None) == (self.per_request is None):
+            raise ValueError("give exactly one of per_image or per_request")
+        return self
+
+    @property
+    def per_image_micro(self) -> int:
+        return to_micro(self.per_image) if self.per_image is not None else 0
+
+    @property
+    def per_request_micro(self) -> int:
+        return to_micro(self.per_request) if self.per_request is not None else 0
+
+
+class ModelConfig(_Strict):
+    adapter: str
+    upstream: str
+    upstream_model: str
+    price: PriceConfig
+
+
+class DefaultsConfig(_Strict):
+    rpm: int = Field(60, ge=1)
+    max_concurrency: int = Field(8, ge=1)
+
+
+class LimitsConfig(_Strict):
+    """Input limits, enforced while reading (SPEC §8)."""
+
+    max_body_bytes: int = Field(220 * 1024 * 1024, ge=1024)
+    max_image_bytes: int = Field(50 * 1024 * 1024, ge=1024)
+    max_images: int = Field(16, ge=1)
+    max_image_pixels: int = Field(50_000_000, ge=1)  # decoded dimension cap (decompression bombs)
+    max_json_bytes: int = Field(64 * 1024 * 1024, ge=1024)
+    fetch_timeout_s: float = Field(30, gt=0)
+    fetch_max_redirects: int = Field(3, ge=0)
+
+
+class ResultsConfig(_Strict):
+    retention_s: int = Field(86400, ge=1)
+    sweep_interval_s: int = Field(600, ge=1)
+
+
+class MeteringConfig(_Strict):
+    reservation_ttl_s: int = Field(900, ge=1)  # crashed request's hold expires after this
+    sweep_interval_s: float = Field(30, gt=0)
+    key_cache_ttl_s: float = Field(1.0, ge=0)
+
+
+class CallbacksConfig(_Strict):
+    max_attempts: int = Field(8, ge=1)
+    backoff_base_s: float = Field(10, ge=0)
+    backoff_max_s: float = Field(600, ge=0)
+    timeout_s: float = Field(15, gt=0)
+
+
+class TasksConfig(_Strict):
+    workers: int = Field(4, ge=0)
+    lease_s: float = Field(600, gt=0)
+    idempotency_ttl_s: int = Field(86400, ge=1)
+
+
+class GatewayConfig(_Strict):
+    upstreams: dict[str, UpstreamConfig]
+    models: dict[str, ModelConfig]
+    defaults: DefaultsConfig = DefaultsConfig()
+    default_model: str = "gpt-image-1.5"
+    limits: LimitsConfig = LimitsConfig()
+    results: ResultsConfig = ResultsConfig()
+    metering: MeteringConfig = MeteringConfig()
+    callbacks: CallbacksConfig = CallbacksConfig()
+    tasks: TasksConfig = TasksConfig()
+
+    @model_validator(mode="after")
+    def _references(self) -> GatewayConfig:
+        for name, model in self.models.items():
+            if model.upstream not in self.upstreams:
+                raise ValueError(f"models.{name}.upstream: unknown upstream {model.upstream!r}")
+        if self.default_model not in self.models:
+            raise ValueError(f"default_model: {self.default_model!r} is not in models")
+        return self
+
+
+class ConfigError(Exception):
+    """The config file is missing, unreadable or invalid; the message names file and field."""
+
+
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def interpolate(text: str, env: dict[str, str]) -> str:
+    def sub(m: re.Match[str]) -> str:
+        value = env.get(m.group(1))
+        return value if value else (m.group(2) or "")
+
+    return _VAR.sub(sub, text)
+
+
+def _packaged_default() -> tuple[str, str]:
+    ref = resources.files("app") / "defaults" / "gateway.yaml"
+    return ref.read_text(encoding="utf-8"), "<packaged defaults>"
+
+
+def load_config(settings: Settings, path: str | Path | None = None) -> GatewayConfig:
+    """Read, interpolate and validate the YAML config.
+
+    An explicitly named file must exist; the default path falls back to the packaged copy so
+    `imagegate serve` works from any directory.
+    """
+    explicit = path is not None or "IMAGEGATE_CONFIG" in os.environ
+    file = Path(path if path is not None else settings.config)
+    if file.is_file():
+        text, origin = file.read_text(encoding="utf-8"), str(file)
+    elif explicit:
+        raise ConfigError(f"{file}: config file not found")
+    else:
+        text, origin = _packaged_default()
+    return parse_config(text, settings, origin)
+
+
+def parse_config(text: str, settings: Settings, origin: str = "<string>") -> GatewayConfig:
+    try:
+        raw = yaml.safe_load(interpolate(text, settings.interpolation_env()))
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{origin}: not valid YAML: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{origin}: the top level must be a mapping")
+    try:
+        return GatewayConfig.model_validate(raw)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or '<root>'}: {e['msg']}" for e in exc.errors()
+        )
+        raise ConfigError(f"{origin}: {problems}") from exc

@@ -1,0 +1,138 @@
+"""API key administration, shared by the admin API and the CLI (they must behave the same).
+
+A key's secret is generated here, shown once, and only its SHA-256 is stored. Secrets are
+high-entropy random tokens, so a plain (unsalted) SHA-256 is the right hash: it allows an O(1)
+lookup by hash, and brute force over 256 bits of randomness is not a threat.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import time
+import uuid
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+from app.core.errors import GatewayError, bad_request
+from app.core.money import to_micro
+from app.store.base import ApiKey, Store
+
+KEY_PREFIX = "ig-"
+UPDATABLE = frozenset({"name", "rpm", "max_concurrency", "models", "expires_at", "disabled"})
+
+
+def hash_secret(secret: str) -> str:
+    return hashlib.sha256(secret.encode("utf-8")).hexdigest()
+
+
+def new_secret() -> str:
+    return KEY_PREFIX + secrets.token_urlsafe(32)
+
+
+@dataclass(slots=True)
+class NewKey:
+    key: ApiKey
+    secret: str  # shown once
+
+
+def _check_limits(rpm: int | None, max_concurrency: int | None) -> None:
+    if rpm is not None and rpm < 1:
+        raise bad_request("rpm must be at least 1", "rpm")
+    if max_concurrency is not None and max_concurrency < 1:
+        raise bad_request("max_concurrency must be at least 1", "max_concurrency")
+
+
+def parse_credits(value: Any, param: str = "credits", *, allow_negative: bool = False) -> int:
+    """Client-facing decimal credits → micro-credits, refusing floats' surprises and junk."""
+    if isinstance(value, bool) or not isinstance(value, int | float | str | Decimal):
+        raise bad_request(f"{param} must be a number", param)
+    try:
+        micro = to_micro(value)
+    except ValueError:
+        raise bad_request(f"{param} must be a number", param) from None
+    if micro < 0 and not allow_negative:
+        raise bad_request(f"{param} must not be negative", param)
+    return micro
+
+
+class KeyAdmin:
+    """Create, list, change, revoke and top up API keys."""
+
+    def __init__(self, store: Store, known_models: set[str] | None = None) -> None:
+        self.store = store
+        self.known_models = known_models
+
+    def _check_models(self, models: list[str] | None) -> None:
+        if models is None or self.known_models is None:
+            return
+        unknown = sorted(set(models) - self.known_models)
+        if unknown:
+            raise bad_request(f"unknown model(s): {', '.join(unknown)}", "models")
+
+    async def create(
+        self,
+        *,
+        name: str,
+        credits: int,
+        rpm: int | None = None,
+        max_concurrency: int | None = None,
+        models: list[str] | None = None,
+        expires_at: float | None = None,
+    ) -> NewKey:
+        if not name.strip():
+            raise bad_request("name must not be empty", "name")
+        _check_limits(rpm, max_concurrency)
+        self._check_models(models)
+        secret = new_secret()
+        key = ApiKey(
+            id="key_" + uuid.uuid4().hex[:20],
+            name=name.strip(),
+            key_hash=hash_secret(secret),
+            prefix=secret[:8],
+            balance=credits,
+            webhook_secret="whsec_" + secrets.token_urlsafe(32),
+            created_at=time.time(),
+            rpm=rpm,
+            max_concurrency=max_concurrency,
+            models=models,
+            expires_at=expires_at,
+        )
+        await self.store.create_key(key)
+        return NewKey(key=key, secret=secret)
+
+    async def get(self, key_id: str) -> ApiKey:
+        key = await self.store.get_key(key_id)
+        if key is None:
+            raise GatewayError("not_found", f"no key {key_id!r}", param="id")
+        return key
+
+    async def list(self) -> list[ApiKey]:
+        return sorted(await self.store.list_keys(), key=lambda k: k.created_at)
+
+    async def update(self, key_id: str, changes: dict[str, Any]) -> ApiKey:
+        unknown = set(changes) - UPDATABLE
+        if unknown:
+            raise bad_request(f"cannot change: {', '.join(sorted(unknown))}", sorted(unknown)[0])
+        _check_limits(changes.get("rpm"), changes.get("max_concurrency"))
+        if "models" in changes:
+            self._check_models(changes["models"])
+        if "name" in changes and not str(changes["name"]).strip():
+            raise bad_request("name must not be empty", "name")
+        key = await self.store.update_key(key_id, changes)
+        if key is None:
+            raise GatewayError("not_found", f"no key {key_id!r}", param="id")
+        return key
+
+    async def revoke(self, key_id: str) -> None:
+        if not await self.store.delete_key(key_id):
+            raise GatewayError("not_found", f"no key {key_id!r}", param="id")
+
+    async def add_credits(self, key_id: str, amount: int, note: str | None = None) -> int:
+        try:
+            return await self.store.adjust_balance(key_id, amount, note, time.time())
+        except KeyError:
+            raise GatewayError("not_found", f"no key {key_id!r}", param="id") from None
+        except ValueError as exc:
+            raise bad_request(f"cannot deduct: {exc}", "amount") from None

@@ -1,0 +1,224 @@
+"""Authentication and metering around an upstream call: authenticate → admit → settle.
+
+`authenticate` maps a bearer token to its key through a short in-process cache (the key's
+enabled/expired state is re-checked by the store inside `admit`, so a revoke still bites on
+the very next request on every replica). `admit` is the single store round trip before the
+upstream call; `settle` is the single one after it (a refund is a settle with charge 0).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from app.core.config import GatewayConfig
+from app.core.errors import GatewayError
+from app.core.logging import fields, get_logger
+from app.domain.keys import hash_secret
+from app.domain.pricing import Quote
+from app.store.base import Admission, ApiKey, Store, StoreUnavailable, UsageRecord
+
+Clock = Callable[[], float]
+log = get_logger("imagegate.metering")
+
+
+def _invalid() -> GatewayError:
+    return GatewayError("invalid_token", "Invalid or missing API key")
+
+
+def unavailable() -> GatewayError:
+    return GatewayError(
+        "service_unavailable", "metering store unavailable, try again shortly", status=503
+    )
+
+
+def _duration(seconds: float) -> str:
+    """OpenAI's x-ratelimit-reset-* style: '20ms', '1s', '1m30s'."""
+    if seconds < 1:
+        return f"{max(0, round(seconds * 1000))}ms"
+    s = math.ceil(seconds)
+    return f"{s // 60}m{s % 60}s" if s >= 60 else f"{s}s"
+
+
+def rate_headers(adm: Admission) -> dict[str, str]:
+    return {
+        "x-ratelimit-limit-requests": str(adm.limit),
+        "x-ratelimit-remaining-requests": str(max(0, adm.remaining)),
+        "x-ratelimit-reset-requests": _duration(adm.reset_s),
+    }
+
+
+@dataclass(slots=True)
+class Hold:
+    """A live reservation: what was reserved for which request."""
+
+    reservation_id: str
+    key_id: str
+    model: str
+    quote: Quote
+    trace_id: str
+    started: float
+    admission: Admission | None = None
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return rate_headers(self.admission) if self.admission else {}
+
+
+class Meter:
+    def __init__(self, store: Store, config: GatewayConfig, clock: Clock = time.time) -> None:
+        self.store = store
+        self.config = config
+        self.clock = clock
+        self._cache: dict[str, tuple[float, ApiKey]] = {}
+        self._ttl = config.metering.key_cache_ttl_s
+
+    async def authenticate(self, authorization: str | None) -> ApiKey:
+        if not authorization:
+            raise _invalid()
+        scheme, _, token = authorization.partition(" ")
+        token = token.strip()
+        if scheme.lower() != "bearer" or not token:
+            raise _invalid()
+        digest = hash_secret(token)
+        now = self.clock()
+        cached = self._cache.get(digest)
+        if cached is not None and cached[0] > now:
+            key = cached[1]
+        else:
+            try:
+                found = await self.store.find_key_by_hash(digest)
+            except StoreUnavailable:
+                raise unavailable() from None
+            if found is None:
+                raise _invalid()
+            key = found
+            if len(self._cache) > 10_000:
+                self._cache.clear()
+            self._cache[digest] = (now + self._ttl, key)
+        # Constant-time confirmation of the stored hash (the dict lookup is by hash already).
+        if not hmac.compare_digest(key.key_hash, digest):
+            raise _invalid()
+        if key.disabled or (key.expires_at is not None and key.expires_at <= now):
+            raise _invalid()
+        return key
+
+    def forget(self, key_id: str) -> None:
+        """Drop a key from this process's cache (admin changes on this replica)."""
+        for digest, (_, key) in list(self._cache.items()):
+            if key.id == key_id:
+                self._cache.pop(digest, None)
+
+    def check_model(self, key: ApiKey, model: str) -> None:
+        if key.models is not None and model not in key.models:
+            raise GatewayError(
+                "token_mismatched", f"this API key may not use model {model!r}", param="model"
+            )
+
+    async def admit(
+        self,
+        key: ApiKey,
+        *,
+        model: str,
+        quote: Quote,
+        reservation_id: str,
+        trace_id: str,
+        hold_s: float | None = None,
+    ) -> Hold:
+        now = self.clock()
+        rpm = key.rpm or self.config.defaults.rpm
+        conc = key.max_concurrency or self.config.defaults.max_concurrency
+        try:
+            adm = await self.store.admit(
+                key.id,
+                reservation_id=reservation_id,
+                cost=quote.reserve,
+                rpm=rpm,
+                max_concurrency=conc,
+                now=now,
+                hold_s=hold_s or self.config.metering.reservation_ttl_s,
+                meta={"model": model, "tier": quote.tier, "trace_id": trace_id},
+            )
+        except StoreUnavailable:
+            raise unavailable() from None
+        if adm.ok:
+            return Hold(reservation_id, key.id, model, quote, trace_id, now, adm)
+        headers = rate_headers(adm)
+        if adm.status == "invalid_token":
+            self.forget(key.id)
+            raise _invalid()
+        if adm.status == "insufficient_credits":
+            raise GatewayError(
+                "insufficient_credits",
+                f"insufficient credits: this request costs {quote.reserve / 1e6:g}",
+                headers=headers,
+            )
+        retry = max(1, math.ceil(adm.retry_after_s))
+        headers["retry-after"] = str(retry)
+        what = "rate limit" if adm.status == "rate_limited" else "concurrency limit"
+        limit = f"{rpm} requests per minute" if adm.status == "rate_limited" else f"{conc}"
+        raise GatewayError(
+            "too_many_requests",
+            f"{what} reached ({limit}); retry after {retry}s",
+            headers=headers,
+        )
+
+    async def settle(
+        self,
+        hold: Hold,
+        *,
+        images: int,
+        task_id: str,
+        error_code: str | None = None,
+    ) -> int:
+        """Charge for the images returned (0 on failure) and ledger it; returns the charge."""
+        charge = 0 if error_code else hold.quote.charge(images)
+        now = self.clock()
+        record = UsageRecord(
+            reservation_id=hold.reservation_id,
+            key_id=hold.key_id,
+            model=hold.model,
+            size_tier=hold.quote.tier,
+            images=images if not error_code else 0,
+            credits=charge,
+            reserved=hold.quote.reserve,
+            task_id=task_id,
+            trace_id=hold.trace_id,
+            status="failed" if error_code else "succeeded",
+            latency_ms=int((now - hold.started) * 1000),
+            created_at=now,
+            error_code=error_code,
+        )
+        # Settling must not be lost to a cancelled request task: shield it.
+        for attempt in range(3):
+            try:
+                await asyncio.shield(
+                    self.store.settle(hold.reservation_id, hold.key_id, charge, record)
+                )
+                return charge
+            except StoreUnavailable:
+                await asyncio.sleep(0.2 * (attempt + 1))
+        # The upstream work is done; failing the client now would make it pay twice on retry.
+        # The reservation stays held and the sweeper refunds it at expiry (logged loudly).
+        log.error(
+            "settle.failed",
+            extra=fields(trace_id=hold.trace_id, key_id=hold.key_id, charge=charge),
+        )
+        return charge
+
+    async def extend(self, hold: Hold, until: float) -> bool:
+        """Keep a queued task's reservation alive; False when it already expired (refunded)."""
+        try:
+            return await self.store.extend(hold.reservation_id, hold.key_id, until)
+        except StoreUnavailable:
+            raise unavailable() from None
+
+    async def sweep(self) -> int:
+        try:
+            return await self.store.sweep(self.clock())
+        except StoreUnavailable:
+            return 0

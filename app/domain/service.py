@@ -1,0 +1,405 @@
+"""The edit service: one request's whole way from a normalized request to a response body.
+
+    route → EditRequest → (auth done by the route) → model + field checks → images resolved
+    → price quote → admit (1 store round trip) → adapter → upstream → results stored
+    → settle (1 store round trip) → response body
+
+Every failure after `admit` settles with charge 0, so a failed request never costs anything,
+and a cancelled one (client gone) is refunded too. Nothing here knows about HTTP frameworks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import time
+import uuid
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from app.adapters.base import Adapter
+from app.core.config import GatewayConfig
+from app.core.errors import GatewayError, bad_request
+from app.core.logging import fields, get_logger
+from app.core.metrics import Metrics
+from app.domain.edit import EditOutput, EditRequest
+from app.domain.metering import Hold, Meter
+from app.domain.pricing import Quote, quote
+from app.media.fetch import GuardedFetcher
+from app.media.resolve import resolve_images
+from app.results import ResultStore
+from app.store.base import ApiKey
+from app.tasks.base import Task, TaskQueue
+from app.tasks.payload import decode_request, encode_request, request_fingerprint
+
+log = get_logger("imagegate.edit")
+
+
+@dataclass(slots=True)
+class EditContext:
+    """Per-request facts from the HTTP layer."""
+
+    trace_id: str
+    base_url: str  # where result URLs point (IMAGEGATE_PUBLIC_BASE_URL or the request's own)
+    started: float = field(default_factory=time.perf_counter)
+
+
+@dataclass(slots=True)
+class EditReply:
+    body: dict[str, Any] | None
+    headers: dict[str, str]
+    events: AsyncIterator[bytes] | None = None  # server-sent events for stream=true
+    raw: bytes | None = None  # an idempotent replay: the first answer's exact bytes
+
+
+@dataclass(slots=True)
+class Prepared:
+    """A request that passed every check and has a price: ready to admit and run."""
+
+    adapter: Adapter
+    req: EditRequest
+    quote: Quote
+    response_format: str
+
+
+class EditService:
+    def __init__(
+        self,
+        *,
+        config: GatewayConfig,
+        adapters: Mapping[str, Adapter],
+        meter: Meter,
+        fetcher: GuardedFetcher,
+        results: ResultStore,
+        metrics: Metrics,
+        tasks: TaskQueue,
+    ) -> None:
+        self.config = config
+        self.adapters = adapters
+        self.meter = meter
+        self.fetcher = fetcher
+        self.results = results
+        self.metrics = metrics
+        self.tasks = tasks
+        self._background: set[asyncio.Task[Any]] = set()
+
+    # --- checks, before any credit moves -------------------------------------------------
+    def adapter_for(self, model: str) -> Adapter:
+        adapter = self.adapters.get(model)
+        if adapter is None:
+            raise GatewayError(
+                "api_not_implemented",
+                f"model {model!r} is not available; choose one of: {', '.join(self.adapters)}",
+                param="model",
+            )
+        return adapter
+
+    async def prepare(self, key: ApiKey, req: EditRequest) -> Prepared:
+        adapter = self.adapter_for(req.model)
+        self.meter.check_model(key, req.model)
+        req = adapter.check_fields(req)
+        limit = adapter.max_images()
+        if len(req.image_refs) > limit:
+            raise bad_request(f"{req.model} accepts at most {limit} image(s)", "image")
+        if req.callback_url is not None:
+            await self.fetcher.check_url(req.callback_url, param="callback_url")
+        await resolve_images(req, self.fetcher, self.config.limits)
+        adapter.check_images(req)
+        images = (req.n or 1) if getattr(adapter, "native_n", False) else 1
+        price = quote(self.config.models[req.model], req.size, images)
+        return Prepared(adapter, req, price, self._response_format(adapter, req))
+
+    @staticmethod
+    def _response_format(adapter: Adapter, req: EditRequest) -> str:
+        forced = getattr(adapter, "forced_response_format", None)
+        if forced:
+            return str(forced)
+        if req.response_format:
+            return req.response_format
+        default = getattr(adapter, "default_response_format", None)
+        if default:
+            return str(default)
+        # What each client expects: the OpenAI SDK (multipart) reads b64_json, the seed's
+        # JSON server pipeline reads url.
+        return "b64_json" if req.body_kind == "multipart" else "url"
+
+    # --- the edit: synchronous, streamed, or queued with a callback --------------------
+    async def edit(
+        self, key: ApiKey, req: EditRequest, ctx: EditContext, idempotency_key: str | None = None
+    ) -> EditReply:
+        prep = await self.prepare(key, req)
+        task_id = str(uuid.uuid4())
+        if idempotency_key is None:
+            return await self._start(key, prep, task_id, ctx)
+        fingerprint = request_fingerprint(prep.req)
+        ttl = self.config.tasks.idempotency_ttl_s
+        # The first request with this key runs; concurrent twins wait for its answer.
+        deadline = time.monotonic() + self._idem_wait_s(prep)
+        while True:
+            state = await self.tasks.idem_begin(
+                key.id, idempotency_key, fingerprint, task_id=task_id, now=time.time(),
+                ttl_s=ttl, stale_after_s=self.config.metering.reservation_ttl_s,
+            )  # fmt: skip
+            if state.kind == "new":
+                break
+            if state.kind == "conflict":
+                raise GatewayError(
+                    "conflict",
+                    "Idempotency-Key was already used with a different request",
+                    param="Idempotency-Key",
+                )
+            if state.kind == "done" and state.response is not None:
+                return EditReply(None, {"idempotent-replayed": "true"}, raw=state.response)
+            if time.monotonic() > deadline:
+                raise GatewayError(
+                    "conflict",
+                    "a request with this Idempotency-Key is still in progress",
+                    param="Idempotency-Key",
+                    headers={"retry-after": "1"},
+                )
+            await asyncio.sleep(0.05)
+        try:
+            reply = await self._start(key, prep, task_id, ctx)
+        except BaseException:
+            await asyncio.shield(self.tasks.idem_abort(key.id, idempotency_key, task_id))
+            raise
+        if reply.body is not None:
+            await self.tasks.idem_finish(key.id, idempotency_key, orjson.dumps(reply.body))
+        else:  # a stream cannot be replayed; let a retry run again
+            await self.tasks.idem_abort(key.id, idempotency_key, task_id)
+        return reply
+
+    def _idem_wait_s(self, prep: Prepared) -> float:
+        upstream = self.config.models[prep.req.model].upstream
+        up = self.config.upstreams[upstream]
+        return up.timeout_s * (up.retries + 1) + 30
+
+    async def _start(
+        self, key: ApiKey, prep: Prepared, task_id: str, ctx: EditContext
+    ) -> EditReply:
+        queued = prep.req.callback_url is not None
+        hold_s = self.config.metering.reservation_ttl_s
+        if queued:
+            hold_s += self.config.tasks.lease_s
+        hold = await self.meter.admit(
+            key,
+            model=prep.req.model,
+            quote=prep.quote,
+            reservation_id=task_id,
+            trace_id=ctx.trace_id,
+            hold_s=hold_s,
+        )
+        if queued:
+            await self._enqueue(prep, hold, task_id, ctx)
+            body = {"success": True, "task_id": task_id, "trace_id": ctx.trace_id}
+            return EditReply(body, hold.headers)
+        if prep.req.stream and prep.adapter.supports_stream():
+            return EditReply(None, hold.headers, self._stream(prep, hold, task_id, ctx))
+        started = time.time()
+        try:
+            body = await self.run(prep, hold, task_id, ctx)
+        except GatewayError as err:
+            self._record(hold, task_id, started, error={"code": err.code, "message": err.message})
+            raise
+        self._record(hold, task_id, started, result=_task_result(body))
+        return EditReply(body, hold.headers)
+
+    def _record(
+        self,
+        hold: Hold,
+        task_id: str,
+        started: float,
+        *,
+        result: dict[str, Any] | None = None,
+        error: dict[str, Any] | None = None,
+    ) -> None:
+        """Keep a synchronous request as a finished task (GET /v1/tasks), off the hot path."""
+        task = Task(
+            id=task_id, key_id=hold.key_id, trace_id=hold.trace_id, model=hold.model,
+            created=started, started=started, finished=time.time(), attempts=1,
+            status="succeeded" if result is not None else "failed", result=result, error=error,
+        )  # fmt: skip
+        job = asyncio.create_task(self._safe_record(task))
+        self._background.add(job)
+        job.add_done_callback(self._background.discard)
+
+    async def _safe_record(self, task: Task) -> None:
+        try:
+            await self.tasks.record(task)
+        except Exception:
+            log.warning("task.record.failed", extra=fields(trace_id=task.trace_id))
+
+    async def _enqueue(self, prep: Prepared, hold: Hold, task_id: str, ctx: EditContext) -> None:
+        task = Task(
+            id=task_id,
+            key_id=hold.key_id,
+            trace_id=ctx.trace_id,
+            model=prep.req.model,
+            created=time.time(),
+            callback_url=prep.req.callback_url,
+        )
+        q = prep.quote
+        meta = {
+            "quote": {
+                "tier": q.tier,
+                "unit": q.unit,
+                "units": q.units,
+                "per_request": q.per_request,
+            },
+            "response_format": prep.response_format,
+            "base_url": ctx.base_url,
+        }
+        try:
+            await self.tasks.enqueue(task, encode_request(prep.req, meta=meta))
+        except Exception as exc:
+            await self.meter.settle(
+                hold, images=0, task_id=task_id, error_code="service_unavailable"
+            )
+            log.exception("task.enqueue.failed", extra=fields(trace_id=ctx.trace_id))
+            raise GatewayError(
+                "service_unavailable", "could not queue the task, try again", status=503
+            ) from exc
+
+    async def run_task(
+        self, task: Task, payload: bytes
+    ) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+        """The worker's handler for a queued edit: run it, settle it, return result or error.
+
+        The reservation was made at submit time with the task id as its id, so however often a
+        task runs (a worker died mid-task and another took it over), it is charged once.
+        """
+        req, meta = decode_request(payload)
+        q = meta["quote"]
+        quote_ = Quote(
+            tier=q["tier"], unit=q["unit"], units=q["units"], per_request=q["per_request"]
+        )
+        hold = Hold(task.id, task.key_id, req.model, quote_, task.trace_id, time.time())
+        until = time.time() + self.config.metering.reservation_ttl_s + self.config.tasks.lease_s
+        alive = await self.meter.extend(hold, until)
+        if not alive and task.attempts <= 1:
+            return None, {"code": "api_error", "message": "task expired before it ran; refunded"}
+        try:
+            adapter = self.adapter_for(req.model)
+        except GatewayError as err:
+            await self.meter.settle(hold, images=0, task_id=task.id, error_code=err.code)
+            return None, {"code": err.code, "message": err.message}
+        prep = Prepared(adapter, req, quote_, str(meta["response_format"]))
+        ctx = EditContext(trace_id=task.trace_id, base_url=str(meta["base_url"]))
+        try:
+            body = await self.run(prep, hold, task.id, ctx)
+        except GatewayError as err:
+            return None, {"code": err.code, "message": err.message}
+        return _task_result(body), None
+
+    async def run(
+        self, prep: Prepared, hold: Hold, task_id: str, ctx: EditContext
+    ) -> dict[str, Any]:
+        """Call upstream, keep the results, settle. Refunds on every failure, cancellation too."""
+        model = prep.req.model
+        t0 = time.perf_counter()
+        try:
+            out = await prep.adapter.edit(prep.req, ctx.trace_id)
+        except BaseException as exc:
+            err = exc if isinstance(exc, GatewayError) else None
+            code = err.code if err else "api_error"
+            await self.meter.settle(hold, images=0, task_id=task_id, error_code=code)
+            self.metrics.requests.inc(model=model, status=code)
+            if err is None and isinstance(exc, Exception):
+                log.exception("upstream.unexpected", extra=fields(trace_id=ctx.trace_id))
+                raise GatewayError("api_error", "internal error while calling upstream") from exc
+            raise
+        upstream_s = time.perf_counter() - t0
+        self.metrics.upstream_latency.observe(upstream_s, model=model)
+        if not out.images:
+            await self.meter.settle(hold, images=0, task_id=task_id, error_code="api_error")
+            self.metrics.requests.inc(model=model, status="api_error")
+            raise GatewayError("api_error", "upstream returned no image", status=502)
+        try:
+            body = await self.shape(prep, out, task_id, ctx)
+        except BaseException:
+            await self.meter.settle(hold, images=0, task_id=task_id, error_code="api_error")
+            raise
+        charge = await self.meter.settle(hold, images=len(out.images), task_id=task_id)
+        self.metrics.requests.inc(model=model, status="ok")
+        self.metrics.credits.inc(charge / 1e6, model=model)
+        self.metrics.gateway_latency.observe(
+            max(0.0, time.perf_counter() - ctx.started - upstream_s), model=model
+        )
+        return body
+
+    async def shape(
+        self, prep: Prepared, out: EditOutput, task_id: str, ctx: EditContext
+    ) -> dict[str, Any]:
+        """The SPEC §2 success body; url results are stored and served by the gateway."""
+        data: list[dict[str, Any]] = []
+        as_url = prep.response_format == "url"
+        for i, img in enumerate(out.images):
+            # As the seeds show: the prompt itself when the upstream did not revise it.
+            item: dict[str, Any] = {"revised_prompt": img.revised_prompt or prep.req.prompt}
+            if as_url:
+                name = f"{task_id}_{i}.{img.ext}"
+                await self.results.put(name, img.data)
+                item["url"] = f"{ctx.base_url}/v1/files/{name}"
+            else:
+                item["b64_json"] = base64.b64encode(img.data).decode("ascii")
+            data.append(item)
+        body: dict[str, Any] = {
+            "success": True,
+            "task_id": task_id,
+            "trace_id": ctx.trace_id,
+            "created": out.created,
+            "data": data,
+        }
+        for k in ("usage", "size", "quality", "output_format", "background"):
+            if out.extra.get(k) is not None:
+                body[k] = out.extra[k]
+        body["elapsed"] = round(time.perf_counter() - ctx.started, 3)
+        return body
+
+    # --- streaming (gpt-image, stream=true) ------------------------------------------------
+    async def _stream(
+        self, prep: Prepared, hold: Hold, task_id: str, ctx: EditContext
+    ) -> AsyncIterator[bytes]:
+        """Relay OpenAI's SSE events; charge on `image_edit.completed`, refund otherwise."""
+        settled = False
+        model = prep.req.model
+        try:
+            async for event in prep.adapter.stream(prep.req, ctx.trace_id):
+                kind = str(event.get("type", "message"))
+                if kind.endswith(".completed") and not settled:
+                    settled = True
+                    charge = await self.meter.settle(hold, images=1, task_id=task_id)
+                    self.metrics.requests.inc(model=model, status="ok")
+                    self.metrics.credits.inc(charge / 1e6, model=model)
+                yield b"event: " + kind.encode() + b"\ndata: " + orjson.dumps(event) + b"\n\n"
+            if not settled:
+                settled = True
+                await self.meter.settle(hold, images=0, task_id=task_id, error_code="api_error")
+                err = GatewayError("api_error", "upstream stream ended without a completed image")
+                yield _sse_error(err, ctx.trace_id)
+        except GatewayError as err:
+            if not settled:
+                settled = True
+                await self.meter.settle(hold, images=0, task_id=task_id, error_code=err.code)
+            self.metrics.requests.inc(model=model, status=err.code)
+            yield _sse_error(err, ctx.trace_id)
+        except BaseException:
+            if not settled:
+                await asyncio.shield(
+                    self.meter.settle(hold, images=0, task_id=task_id, error_code="api_error")
+                )
+            raise
+
+
+def _task_result(body: dict[str, Any]) -> dict[str, Any]:
+    """The OpenAI-shaped part of a success body: what a callback's `data` and a task hold."""
+    keep = ("created", "data", "usage", "size", "quality", "output_format", "background")
+    return {k: body[k] for k in keep if k in body}
+
+
+def _sse_error(err: GatewayError, trace_id: str) -> bytes:
+    payload = {"type": "error", "error": err.body(), "trace_id": trace_id}
+    return b"event: error\ndata: " + orjson.dumps(payload) + b"\n\n"

@@ -1,0 +1,181 @@
+"""The composition root: builds every part once from settings and config, and runs the
+background loops (reservation sweeper, result retention, task workers).
+
+Everything per-process and reusable lives here so no request pays for it: the store client
+and its Lua scripts, one HTTP client per upstream, the adapters, the guarded fetcher.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import secrets
+import socket
+from pathlib import Path
+from typing import Any
+
+from app.adapters import build_adapters
+from app.core.config import GatewayConfig, Settings, load_config
+from app.core.logging import fields, get_logger
+from app.core.metrics import Metrics
+from app.domain.keys import KeyAdmin
+from app.domain.metering import Meter
+from app.domain.service import EditService
+from app.media.fetch import GuardedFetcher
+from app.results import LocalResultStore
+from app.store import open_store
+from app.store.base import Store
+from app.tasks.base import TaskQueue
+from app.tasks.delivery import CallbackDeliverer
+from app.tasks.worker import TaskWorker
+from app.upstream.client import UpstreamClient, build_clients
+
+log = get_logger("imagegate")
+
+
+def ensure_admin_key(settings: Settings) -> str:
+    """IMAGEGATE_ADMIN_KEY, or one generated on first start into the data dir (mode 0600)."""
+    if settings.admin_key:
+        return settings.admin_key
+    path = Path(settings.data_dir) / "admin_key"
+    if path.is_file():
+        return path.read_text().strip()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    key = "igadm-" + secrets.token_urlsafe(32)
+    fd = path.open("x") if not path.exists() else path.open("w")
+    with fd:
+        fd.write(key + "\n")
+    path.chmod(0o600)
+    log.warning("admin.key.generated", extra=fields(path=str(path.resolve())))
+    return key
+
+
+def open_task_queue(redis_url: str | None, data_dir: Path) -> TaskQueue:
+    if redis_url:
+        import redis.asyncio as aioredis
+
+        from app.tasks.redis_queue import RedisTaskQueue
+
+        client = aioredis.Redis.from_url(
+            redis_url, decode_responses=False, socket_timeout=5, socket_connect_timeout=2,
+            health_check_interval=10,
+        )  # fmt: skip
+        return RedisTaskQueue(client)
+    from app.tasks.sqlite_queue import SQLiteTaskQueue
+
+    return SQLiteTaskQueue(data_dir / "tasks.db")
+
+
+class _TaskMetrics:
+    """Task and delivery outcomes into the Prometheus registry."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+
+    def task_finished(self, status: str) -> None:
+        self.metrics.tasks.inc(status=status)
+
+    def delivery(self, outcome: str) -> None:
+        self.metrics.callbacks.inc(outcome=outcome)
+
+
+class Gateway:
+    def __init__(self, settings: Settings, config: GatewayConfig | None = None) -> None:
+        self.settings = settings
+        self.config = config or load_config(settings)
+        self.metrics = Metrics()
+        self.data_dir = Path(settings.data_dir)
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.admin_key = ensure_admin_key(settings)
+        self.store: Store = open_store(settings.redis_url, self.data_dir)
+        self.clients: dict[str, UpstreamClient] = build_clients(self.config)
+        self.adapters = build_adapters(self.config, self.clients)
+        self.fetcher = GuardedFetcher(
+            allow_private=settings.allow_private_urls,
+            timeout_s=self.config.limits.fetch_timeout_s,
+            max_redirects=self.config.limits.fetch_max_redirects,
+        )
+        self.results = LocalResultStore(self.data_dir / "files", self.config.results.retention_s)
+        self.meter = Meter(self.store, self.config)
+        self.keys = KeyAdmin(self.store, set(self.config.models))
+        self.tasks: TaskQueue = open_task_queue(settings.redis_url, self.data_dir)
+        self.service = EditService(
+            config=self.config,
+            adapters=self.adapters,
+            meter=self.meter,
+            fetcher=self.fetcher,
+            results=self.results,
+            metrics=self.metrics,
+            tasks=self.tasks,
+        )
+        task_metrics = _TaskMetrics(self.metrics)
+        self.deliverer = CallbackDeliverer(
+            self.tasks, self.fetcher, self._webhook_secret, self.config.callbacks,
+            metrics=task_metrics,
+        )  # fmt: skip
+        workers = settings.workers if settings.workers is not None else self.config.tasks.workers
+        self.worker: TaskWorker | None = None
+        if workers > 0:
+            self.worker = TaskWorker(
+                self.tasks, self.service.run_task, self.deliverer,
+                worker_id=f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}",
+                lease_s=self.config.tasks.lease_s, concurrency=workers,
+                on_lease=self._extend_reservation, metrics=task_metrics,
+            )  # fmt: skip
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._stop = asyncio.Event()
+
+    async def _webhook_secret(self, key_id: str) -> str | None:
+        key = await self.store.get_key(key_id)
+        return key.webhook_secret if key else None
+
+    async def _extend_reservation(self, task: Any, until: float) -> bool:
+        return await self.store.extend(
+            task.id, task.key_id, until + self.config.metering.reservation_ttl_s
+        )
+
+    async def start(self, *, workers: bool = True) -> None:
+        self._stop.clear()
+        if workers and self.worker is not None:
+            self._tasks.append(asyncio.create_task(self.worker.run(self._stop)))
+        self._tasks.append(asyncio.create_task(self.deliverer.run(self._stop)))
+        self._tasks.append(asyncio.create_task(self._every(
+            self.config.metering.sweep_interval_s, self.meter.sweep)))  # fmt: skip
+        self._tasks.append(asyncio.create_task(self._every(
+            self.config.results.sweep_interval_s, self.results.sweep)))  # fmt: skip
+
+    async def _every(self, interval: float, fn: object) -> None:
+        while not self._stop.is_set():
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), timeout=interval)
+            if self._stop.is_set():
+                return
+            try:
+                await fn()  # type: ignore[operator]
+            except Exception:
+                log.exception("background.failed", extra=fields(job=getattr(fn, "__name__", "")))
+
+    async def refresh_gauges(self) -> None:
+        """Values read at scrape time."""
+        try:
+            self.metrics.queue_depth.set(await self.tasks.queue_depth())
+        except Exception:
+            log.warning("metrics.queue_depth.failed")
+
+    async def aclose(self) -> None:
+        self._stop.set()
+        # Workers drain (or release) their tasks on stop; give them their grace period.
+        with contextlib.suppress(BaseException):
+            await asyncio.wait_for(asyncio.gather(*self._tasks, return_exceptions=True), 15)
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            with contextlib.suppress(BaseException):
+                await t
+        self._tasks.clear()
+        await self.tasks.close()
+        for client in self.clients.values():
+            await client.aclose()
+        await self.fetcher.aclose()
+        await self.store.close()

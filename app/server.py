@@ -1,0 +1,152 @@
+"""`imagegate serve`: the gateway under uvicorn (uvloop + httptools), with the simulated
+upstream started beside it for every upstream that has no API key configured.
+
+The simulator runs in the same process and event loop on its own loopback port, so the
+gateway still talks to it over real HTTP exactly as it would to OpenAI or Gemini.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import sys
+
+import uvicorn
+
+from app.core.config import ConfigError, GatewayConfig, Settings, load_config
+from app.core.logging import fields, get_logger, setup_logging
+
+log = get_logger("imagegate")
+
+SIM_PATHS = {"openai": "/v1", "gemini": "/v1beta"}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def simulated_upstreams(config: GatewayConfig) -> list[str]:
+    return [name for name, up in config.upstreams.items() if not up.api_key]
+
+
+def point_at_simulator(config: GatewayConfig, names: list[str], sim_url: str) -> GatewayConfig:
+    upstreams = dict(config.upstreams)
+    for name in names:
+        up = upstreams[name]
+        upstreams[name] = up.model_copy(
+            update={"base_url": sim_url + SIM_PATHS[up.kind], "api_key": "sk-simulated"}
+        )
+    return config.model_copy(update={"upstreams": upstreams})
+
+
+def serve(settings: Settings, *, host: str, port: int, explicit_config: str | None = None) -> int:
+    setup_logging(settings.log_level)
+    try:
+        config = load_config(settings, explicit_config)
+    except ConfigError as exc:
+        print(f"config error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        import uvloop
+
+        uvloop.run(_main(settings, config, host, port))
+    except ImportError:
+        asyncio.run(_main(settings, config, host, port))
+    return 0
+
+
+async def _main(settings: Settings, config: GatewayConfig, host: str, port: int) -> None:
+    from app.api.app import create_app
+    from app.gateway import Gateway
+
+    servers: list[uvicorn.Server] = []
+    simulated = simulated_upstreams(config)
+    if simulated:
+        from app.simulator import create_simulator_app
+
+        sim_port = _free_port()
+        sim_url = f"http://127.0.0.1:{sim_port}"
+        config = point_at_simulator(config, simulated, sim_url)
+        sim = uvicorn.Server(
+            uvicorn.Config(
+                create_simulator_app(), host="127.0.0.1", port=sim_port, log_level="warning",
+                http="httptools", lifespan="off", access_log=False,
+            )
+        )  # fmt: skip
+        servers.append(sim)
+        banner = (
+            f"NO UPSTREAM CREDENTIALS for {', '.join(simulated)}: relaying to the built-in "
+            f"SIMULATED upstream at {sim_url} (fake images). Set IMAGEGATE_OPENAI_API_KEY / "
+            "IMAGEGATE_GEMINI_API_KEY for real edits."
+        )
+        log.warning("upstream.simulated", extra=fields(upstreams=simulated, url=sim_url))
+        print("\n" + "!" * 78 + f"\n{banner}\n" + "!" * 78 + "\n", file=sys.stderr, flush=True)
+
+    gateway = Gateway(settings, config)
+    store_kind = "redis" if settings.redis_url else f"sqlite at {gateway.data_dir}/imagegate.db"
+    log.info("gateway.start", extra=fields(host=host, port=port, store=store_kind,
+                                           models=list(config.models)))  # fmt: skip
+    if not settings.admin_key:
+        print(f"admin key: stored in {(gateway.data_dir / 'admin_key').resolve()}", file=sys.stderr)
+    app = create_app(settings, config, gateway=gateway)
+    main = uvicorn.Server(
+        uvicorn.Config(
+            app, host=host, port=port, log_level=settings.log_level, http="httptools",
+            lifespan="on", access_log=False, log_config=None, timeout_keep_alive=30,
+        )
+    )  # fmt: skip
+    servers.append(main)
+    tasks = [asyncio.create_task(s.serve()) for s in servers]
+    try:
+        await tasks[-1]
+    finally:
+        for s in servers:
+            s.should_exit = True
+        for t in tasks:
+            with contextlib.suppress(BaseException):
+                await t
+
+
+def work(settings: Settings, *, explicit_config: str | None = None) -> int:
+    """`imagegate worker`: task workers and callback deliveries without an HTTP server."""
+    setup_logging(settings.log_level)
+    try:
+        config = load_config(settings, explicit_config)
+    except ConfigError as exc:
+        print(f"config error: {exc}", file=sys.stderr)
+        return 2
+    if simulated_upstreams(config):
+        print(
+            "imagegate worker needs upstream credentials (the simulated upstream runs only "
+            "inside `imagegate serve`)",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        import uvloop
+
+        uvloop.run(_work(settings, config))
+    except ImportError:
+        asyncio.run(_work(settings, config))
+    return 0
+
+
+async def _work(settings: Settings, config: GatewayConfig) -> None:
+    import signal
+
+    from app.gateway import Gateway
+
+    gateway = Gateway(settings, config)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await gateway.start()
+    log.info("worker.start", extra=fields(workers=config.tasks.workers))
+    try:
+        await stop.wait()
+    finally:
+        await gateway.aclose()

@@ -1,0 +1,262 @@
+"""The store contract: API keys, metering (rate limits, concurrency, credits) and the usage ledger.
+
+Two implementations pass one contract suite (tests/store/test_contract.py): `RedisStore`
+(Lua scripts, every per-key structure hash-tagged `{key_id}` for Redis Cluster) and
+`SQLiteStore` (embedded, WAL, one transaction per operation). All amounts are integer
+micro-credits; all times are unix seconds as floats and are passed in by the caller (`now`),
+so tests can drive the clock.
+
+Metering is reserve -> settle. `admit` is the single round trip before the upstream call: it
+re-checks the key (exists, enabled, unexpired), the rpm sliding window, the concurrency slots
+and the balance, and on success atomically records the request in the window, takes a slot
+and moves `cost` from the balance into a reservation. `settle` is the single round trip after:
+it charges `charge` (<= reserved), returns the rest to the balance, frees the slot and appends
+the ledger row, exactly once per reservation id (a second settle is a no-op returning False).
+A reservation not settled by its `expires_at` is refunded in full by `sweep`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Literal, Protocol
+
+AdmitStatus = Literal[
+    "ok", "invalid_token", "rate_limited", "concurrency_limited", "insufficient_credits"
+]
+UsageStatus = Literal["succeeded", "failed", "expired"]
+GroupBy = Literal["day", "model", "key"]
+
+
+@dataclass(slots=True)
+class ApiKey:
+    id: str  # public id, e.g. "key_3f9c..."; safe to show and log
+    name: str
+    key_hash: str  # sha256 hex of the secret; the secret itself is never stored
+    prefix: str  # first characters of the secret, for display ("ig-AbC1...")
+    balance: int  # micro-credits, never below zero
+    webhook_secret: str
+    created_at: float
+    rpm: int | None = None  # None: config defaults apply
+    max_concurrency: int | None = None
+    models: list[str] | None = None  # None: every model
+    expires_at: float | None = None
+    disabled: bool = False
+
+    def public(self) -> dict[str, Any]:
+        """The fields an admin may see (no hash, no webhook secret)."""
+        d = asdict(self)
+        d.pop("key_hash")
+        d.pop("webhook_secret")
+        return d
+
+
+@dataclass(slots=True)
+class Admission:
+    """The answer of `admit`: whether the request may go upstream, and the rate-limit state."""
+
+    status: AdmitStatus
+    balance: int  # balance after the reservation (or current balance when refused)
+    limit: int  # rpm in force
+    remaining: int  # requests left in the current 60 s window after this one
+    reset_s: float  # seconds until the window is fully free again
+    retry_after_s: float = 0.0  # when refused for rate/concurrency: seconds until worth retrying
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+
+@dataclass(slots=True)
+class UsageRecord:
+    """One ledger row per metered request (SPEC §3)."""
+
+    reservation_id: str
+    key_id: str
+    model: str
+    size_tier: str  # "1k" | "other" | "request"
+    images: int
+    credits: int  # micro-credits actually charged
+    reserved: int  # micro-credits that were held
+    task_id: str
+    trace_id: str
+    status: UsageStatus
+    latency_ms: int
+    created_at: float
+    error_code: str | None = None
+
+
+@dataclass(slots=True)
+class UsageQuery:
+    """Ledger filters. `since` is inclusive and `until` exclusive (`since <= created_at < until`),
+    so consecutive windows never count a row twice."""
+
+    key_id: str | None = None
+    model: str | None = None
+    since: float | None = None
+    until: float | None = None
+
+
+@dataclass(slots=True)
+class UsageGroup:
+    group: str  # the day (YYYY-MM-DD, UTC), model or key id
+    requests: int = 0
+    succeeded: int = 0
+    failed: int = 0
+    images: int = 0
+    credits: int = 0
+
+
+@dataclass(slots=True)
+class Reservation:
+    reservation_id: str
+    key_id: str
+    amount: int
+    expires_at: float
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+class Store(Protocol):
+    """Everything the gateway keeps about keys and money. Implementations are async-safe."""
+
+    # --- lifecycle
+    async def ping(self) -> bool: ...
+    async def close(self) -> None: ...
+
+    # --- keys
+    async def create_key(self, key: ApiKey) -> None: ...
+    async def get_key(self, key_id: str) -> ApiKey | None: ...
+    async def find_key_by_hash(self, key_hash: str) -> ApiKey | None: ...
+    async def list_keys(self) -> list[ApiKey]: ...
+    async def update_key(self, key_id: str, changes: dict[str, Any]) -> ApiKey | None:
+        """Change any of: name, rpm, max_concurrency, models, expires_at, disabled."""
+        ...
+
+    async def delete_key(self, key_id: str) -> bool: ...
+    async def adjust_balance(self, key_id: str, amount: int, note: str | None, now: float) -> int:
+        """Add (or, negative, deduct) micro-credits; returns the new balance.
+
+        Raises KeyError for an unknown key and ValueError if a deduction would go below zero.
+        """
+        ...
+
+    # --- metering
+    async def admit(
+        self,
+        key_id: str,
+        *,
+        reservation_id: str,
+        cost: int,
+        rpm: int,
+        max_concurrency: int,
+        now: float,
+        hold_s: float,
+        meta: dict[str, Any] | None = None,
+    ) -> Admission:
+        """One atomic step: key valid -> rpm window -> concurrency slot -> balance -> reserve."""
+        ...
+
+    async def extend(self, reservation_id: str, key_id: str, expires_at: float) -> bool:
+        """Push a live reservation's expiry out (a queued task is still wanted). False if gone."""
+        ...
+
+    async def settle(
+        self, reservation_id: str, key_id: str, charge: int, record: UsageRecord
+    ) -> bool:
+        """Charge `charge` (clamped to the reserved amount), refund the rest, free the slot and
+        append `record` (with `credits` = the charge) -- once. False if already settled/expired."""
+        ...
+
+    async def sweep(self, now: float) -> int:
+        """Refund every reservation past its expiry, free its slot, ledger it as 'expired'."""
+        ...
+
+    # --- ledger
+    async def usage_records(
+        self, query: UsageQuery, *, limit: int = 100, offset: int = 0
+    ) -> list[UsageRecord]:
+        """Newest first."""
+        ...
+
+    async def usage_summary(self, query: UsageQuery, group_by: GroupBy) -> list[UsageGroup]: ...
+
+
+class StoreUnavailable(Exception):
+    """The store cannot be reached. The gateway fails closed: 503, never unmetered service."""
+
+
+# --- helpers shared by the implementations (and the gateway)
+
+#: The fields `update_key` may change; anything else is a ValueError (ids, hashes and the
+#: balance have their own, audited, paths).
+UPDATABLE_KEY_FIELDS = frozenset(
+    {"name", "rpm", "max_concurrency", "models", "expires_at", "disabled"}
+)
+
+#: Seconds in the rpm sliding window.
+RATE_WINDOW_S = 60.0
+
+#: `retry_after_s` when refused for concurrency: a slot frees when some request finishes, which
+#: the store cannot predict, so it suggests a short, fixed pause.
+CONCURRENCY_RETRY_S = 1.0
+
+#: error_code of the ledger row written for a reservation that expired unsettled.
+EXPIRED_ERROR_CODE = "reservation_expired"
+
+_KEY_ID_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
+
+
+def hash_secret(secret: str) -> str:
+    """sha256 hex of an API key secret: what `ApiKey.key_hash` holds and `find_key_by_hash`
+    looks up. Plain sha256 is enough because secrets are long random tokens, not passwords."""
+    return hashlib.sha256(secret.encode("utf-8")).hexdigest()
+
+
+def utc_day(ts: float) -> str:
+    """The UTC calendar day (YYYY-MM-DD) of a unix time: the `day` group of `usage_summary`."""
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d")
+
+
+def check_key_id(key_id: str) -> str:
+    """Reject ids that could break the Redis hash tag (`{`, `}`) or key layout. Both stores use
+    it so an id valid on one is valid on the other."""
+    if not _KEY_ID_RE.match(key_id):
+        raise ValueError(f"invalid key id: {key_id!r}")
+    return key_id
+
+
+def check_admit_args(cost: int, rpm: int, max_concurrency: int, hold_s: float) -> None:
+    """Shared argument validation for `admit`: limits are resolved by the caller (key override
+    or config default) and must be positive; there is no 'unlimited' sentinel."""
+    if cost < 0:
+        raise ValueError("cost must be >= 0")
+    if rpm < 1:
+        raise ValueError("rpm must be >= 1")
+    if max_concurrency < 1:
+        raise ValueError("max_concurrency must be >= 1")
+    if hold_s <= 0:
+        raise ValueError("hold_s must be > 0")
+
+
+def check_key_changes(changes: dict[str, Any]) -> None:
+    """Validate an `update_key` change set (field names and value types)."""
+    unknown = set(changes) - UPDATABLE_KEY_FIELDS
+    if unknown:
+        raise ValueError(f"cannot change: {', '.join(sorted(unknown))}")
+    for name in ("rpm", "max_concurrency"):
+        v = changes.get(name)
+        if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
+            raise ValueError(f"{name} must be a positive integer or null")
+    if "name" in changes and not isinstance(changes["name"], str):
+        raise ValueError("name must be a string")
+    if "models" in changes and changes["models"] is not None:
+        models = changes["models"]
+        if not isinstance(models, list) or not all(isinstance(m, str) for m in models):
+            raise ValueError("models must be a list of strings or null")
+    if "disabled" in changes and not isinstance(changes["disabled"], bool):
+        raise ValueError("disabled must be a boolean")
+    exp = changes.get("expires_at")
+    if exp is not None and (isinstance(exp, bool) or not isinstance(exp, int | float)):
+        raise ValueError("expires_at must be a number or null")

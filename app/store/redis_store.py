@@ -1,0 +1,607 @@
+"""The Redis store: many gateway replicas share one Redis (or Redis Cluster).
+
+Why Lua: `admit` and `settle` must each be one atomic round trip, or two replicas admitting at
+the same moment could both see the last credit. Every script touches only keys of one hash
+slot -- everything that belongs to an API key is tagged `{key_id}` -- so it runs unchanged on
+Redis Cluster. Scripts are registered once (EVALSHA); redis-py reloads a script when the server
+answers NOSCRIPT (e.g. after a restart flushed the script cache), pipelines check with SCRIPT
+EXISTS before executing.
+
+Key layout (prefix `ig` by default, K = the key id):
+
+    ig:{K}:key       hash    the ApiKey fields; `balance` is the authoritative balance
+    ig:{K}:win       zset    rpm sliding-window log: member reservation id, score admit time
+    ig:{K}:res       hash    live reservations: id -> "amount\\tadmitted_at\\tmeta json"
+    ig:{K}:exp       zset    live reservations: id -> expires_at (sweep and `extend`)
+    ig:{K}:ledger    zset    usage rows: "credits:reserved:record json", score created_at
+    ig:{K}:agg       hash    "day\\tmodel\\tmetric" -> count (requests, succeeded, failed,
+                             images, credits), updated by the same script that ledgers
+    ig:{K}:credits   list    credit log (top-ups and deductions) as JSON, oldest first
+    ig:keys                  set of live key ids (list_keys)
+    ig:keys:known            set of every key id ever created (ledger queries and sweep: rows
+                             and reservations outlive a deleted key)
+    ig:hash:<sha256>         string  key hash -> key id (bearer lookup)
+
+The last three are not touched by scripts, so they may live in any slot. All times are the
+`now` the caller passes; the store never reads the server clock. (The layout is Cluster-ready;
+the client here is the plain `redis.asyncio.Redis`, i.e. one primary or a proxy.)
+
+`admit` first refunds this key's own expired reservations (at most 64), so a crashed request's
+slot and credits come back on the key's next request, not only at the next global `sweep`.
+`usage_summary` answers from the aggregates when the range is whole UTC days (or open) and
+scans the ledger otherwise, so both paths give the same numbers.
+
+Every connection/timeout error becomes `StoreUnavailable` (the gateway answers 503 and fails
+closed). The pool reconnects on its own when Redis is back. Only connection errors are retried
+(once, at once): a timed-out command may have run, so it is not blindly repeated; `admit` is
+idempotent per reservation id and `settle` per reservation, so a caller's retry is safe.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
+from importlib import resources
+from typing import Any, cast
+
+import redis.asyncio as aioredis
+from redis import exceptions as rexc
+from redis.asyncio.connection import BlockingConnectionPool
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+
+from app.store.base import (
+    CONCURRENCY_RETRY_S,
+    RATE_WINDOW_S,
+    Admission,
+    ApiKey,
+    GroupBy,
+    StoreUnavailable,
+    UsageGroup,
+    UsageQuery,
+    UsageRecord,
+    check_admit_args,
+    check_key_changes,
+    check_key_id,
+    utc_day,
+)
+
+# Errors that mean "the store is not reachable or not serving writes right now".
+_UNAVAILABLE: tuple[type[BaseException], ...] = (
+    rexc.ConnectionError,  # includes BusyLoadingError (AOF still loading)
+    rexc.TimeoutError,
+    rexc.ReadOnlyError,  # a replica promoted/demoted under us
+    rexc.MasterDownError,
+    rexc.ClusterDownError,
+    rexc.TryAgainError,
+    OSError,  # includes the builtin TimeoutError
+)
+
+_LEDGER_PAGE = 500
+_METRICS = frozenset({"requests", "succeeded", "failed", "images", "credits"})
+_SCAN_BATCH = 200
+
+
+def _script_text(name: str) -> str:
+    lua = resources.files("app.store") / "lua"
+    return (lua / "_lib.lua").read_text() + "\n" + (lua / f"{name}.lua").read_text()
+
+
+def _plain_script(name: str) -> str:
+    return (resources.files("app.store") / "lua" / f"{name}.lua").read_text()
+
+
+def _f(x: float) -> str:
+    """A float as Redis/Lua should see it: repr round-trips exactly."""
+    return repr(float(x))
+
+
+def _key_to_fields(key: ApiKey) -> dict[str, str]:
+    d: dict[str, str] = {
+        "id": key.id,
+        "name": key.name,
+        "key_hash": key.key_hash,
+        "prefix": key.prefix,
+        "balance": str(int(key.balance)),
+        "webhook_secret": key.webhook_secret,
+        "created_at": _f(key.created_at),
+        "disabled": "1" if key.disabled else "0",
+    }
+    if key.rpm is not None:
+        d["rpm"] = str(key.rpm)
+    if key.max_concurrency is not None:
+        d["max_concurrency"] = str(key.max_concurrency)
+    if key.models is not None:
+        d["models"] = json.dumps(key.models)
+    if key.expires_at is not None:
+        d["expires_at"] = _f(key.expires_at)
+    return d
+
+
+def _change_to_field(name: str, value: Any) -> str:
+    if name == "disabled":
+        return "1" if value else "0"
+    if name == "models":
+        return json.dumps(value)
+    if name == "expires_at":
+        return _f(value)
+    return str(value)
+
+
+def _key_from_fields(d: dict[str, str]) -> ApiKey | None:
+    if not d or "id" not in d:
+        return None
+    return ApiKey(
+        id=d["id"],
+        name=d.get("name", ""),
+        key_hash=d.get("key_hash", ""),
+        prefix=d.get("prefix", ""),
+        balance=int(d.get("balance", "0")),
+        webhook_secret=d.get("webhook_secret", ""),
+        created_at=float(d.get("created_at", "0")),
+        rpm=int(d["rpm"]) if "rpm" in d else None,
+        max_concurrency=int(d["max_concurrency"]) if "max_concurrency" in d else None,
+        models=json.loads(d["models"]) if "models" in d else None,
+        expires_at=float(d["expires_at"]) if "expires_at" in d else None,
+        disabled=d.get("disabled") == "1",
+    )
+
+
+def _record_json(record: UsageRecord, key_id: str, reservation_id: str) -> str:
+    """The ledger row minus `credits`/`reserved`, which the settle script decides."""
+    return json.dumps(
+        {
+            "reservation_id": reservation_id,
+            "key_id": key_id,
+            "model": record.model,
+            "size_tier": record.size_tier,
+            "images": int(record.images),
+            "task_id": record.task_id,
+            "trace_id": record.trace_id,
+            "status": record.status,
+            "latency_ms": int(record.latency_ms),
+            "created_at": float(record.created_at),
+            "error_code": record.error_code,
+        },
+        separators=(",", ":"),
+    )
+
+
+def _parse_row(member: str) -> UsageRecord:
+    credits, reserved, body = member.split(":", 2)
+    d = json.loads(body)
+    return UsageRecord(
+        reservation_id=str(d["reservation_id"]),
+        key_id=str(d["key_id"]),
+        model=str(d.get("model", "")),
+        size_tier=str(d.get("size_tier", "request")),
+        images=int(d.get("images", 0)),
+        credits=int(credits),
+        reserved=int(reserved),
+        task_id=str(d.get("task_id", "")),
+        trace_id=str(d.get("trace_id", "")),
+        status=d["status"],
+        latency_ms=int(d.get("latency_ms", 0)),
+        created_at=float(d["created_at"]),  # a string in rows written by Lua (exactness)
+        error_code=d.get("error_code"),
+    )
+
+
+def _score_range(query: UsageQuery) -> tuple[str, str]:
+    """(max, min) for ZREVRANGEBYSCORE: since inclusive, until exclusive."""
+    hi = "(" + _f(query.until) if query.until is not None else "+inf"
+    lo = _f(query.since) if query.since is not None else "-inf"
+    return hi, lo
+
+
+def _day_aligned(query: UsageQuery) -> bool:
+    return all(t is None or float(t) % 86400 == 0 for t in (query.since, query.until))
+
+
+class RedisStore:
+    """`Store` on Redis. Create one per process and share it; it is safe for concurrent use."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        prefix: str = "ig",
+        max_connections: int = 64,
+        socket_timeout: float = 2.0,
+        health_check_interval: int = 10,
+    ) -> None:
+        if "{" in prefix or "}" in prefix:
+            raise ValueError("prefix must not contain braces (it would change the hash slot)")
+        self._p = prefix
+        # Blocking pool: a burst of requests waits briefly for a connection instead of opening
+        # hundreds of sockets; waiting longer than the socket timeout counts as unavailable.
+        pool = BlockingConnectionPool.from_url(
+            url,
+            max_connections=max_connections,
+            timeout=socket_timeout,
+            socket_timeout=socket_timeout,
+            socket_connect_timeout=socket_timeout,
+            health_check_interval=health_check_interval,
+            retry=Retry(NoBackoff(), 1, supported_errors=(rexc.ConnectionError,)),
+            decode_responses=True,
+        )
+        self._r: aioredis.Redis = aioredis.Redis(connection_pool=pool)
+        self._admit = self._r.register_script(_script_text("admit"))
+        self._settle = self._r.register_script(_script_text("settle"))
+        self._sweep = self._r.register_script(_script_text("sweep"))
+        self._extend = self._r.register_script(_plain_script("extend"))
+        self._adjust = self._r.register_script(_plain_script("adjust"))
+        self._create = self._r.register_script(_plain_script("create_key"))
+        self._update = self._r.register_script(_plain_script("update_key"))
+        self._delete = self._r.register_script(_plain_script("delete_key"))
+
+    # --- key names
+
+    def _k(self, key_id: str, part: str) -> str:
+        return f"{self._p}:{{{key_id}}}:{part}"
+
+    @property
+    def _keys_live(self) -> str:
+        return f"{self._p}:keys"
+
+    @property
+    def _keys_known(self) -> str:
+        return f"{self._p}:keys:known"
+
+    def _hash_index(self, key_hash: str) -> str:
+        return f"{self._p}:hash:{key_hash}"
+
+    async def _hgetall(self, name: str) -> dict[str, str]:
+        return cast(dict[str, str], await self._r.hgetall(name))
+
+    async def _members(self, name: str) -> list[str]:
+        return sorted(str(m) for m in await self._r.smembers(name))
+
+    @asynccontextmanager
+    async def _guard(self) -> AsyncIterator[None]:
+        try:
+            yield
+        except _UNAVAILABLE as exc:
+            raise StoreUnavailable(f"redis unavailable: {exc}") from exc
+
+    # --- lifecycle
+
+    async def ping(self) -> bool:
+        try:
+            return bool(await self._r.ping())
+        except (rexc.RedisError, OSError):
+            return False
+
+    async def close(self) -> None:
+        await self._r.aclose()
+        await self._r.connection_pool.disconnect()
+
+    # --- keys
+
+    async def create_key(self, key: ApiKey) -> None:
+        """Raises ValueError if the id or the secret's hash is already in use."""
+        check_key_id(key.id)
+        if key.balance < 0:
+            raise ValueError("balance must be >= 0")
+        fields = _key_to_fields(key)
+        flat = [x for kv in fields.items() for x in kv]
+        async with self._guard():
+            # claim the hash first: a half-created key is then unreachable, never ambiguous
+            index = self._hash_index(key.key_hash)
+            if not await self._r.set(index, key.id, nx=True):
+                holder = await self._r.get(index)
+                if holder is not None:
+                    owner = await self._r.hget(self._k(str(holder), "key"), "key_hash")
+                    if owner == key.key_hash:
+                        raise ValueError("a key with this secret already exists")
+                # a stale entry left by an interrupted delete: take it over
+                await self._r.set(index, key.id)
+            if not await self._create(keys=[self._k(key.id, "key")], args=flat):
+                await self._r.delete(self._hash_index(key.key_hash))
+                raise ValueError(f"key id already exists: {key.id}")
+            pipe = self._r.pipeline(transaction=False)
+            pipe.sadd(self._keys_live, key.id)
+            pipe.sadd(self._keys_known, key.id)
+            await pipe.execute()
+
+    async def get_key(self, key_id: str) -> ApiKey | None:
+        async with self._guard():
+            return _key_from_fields(await self._hgetall(self._k(key_id, "key")))
+
+    async def find_key_by_hash(self, key_hash: str) -> ApiKey | None:
+        async with self._guard():
+            key_id = await self._r.get(self._hash_index(key_hash))
+            if key_id is None:
+                return None
+            key = _key_from_fields(await self._hgetall(self._k(str(key_id), "key")))
+        return key if key is not None and key.key_hash == key_hash else None
+
+    async def list_keys(self) -> list[ApiKey]:
+        """All live keys, oldest first."""
+        async with self._guard():
+            ids = await self._members(self._keys_live)
+            pipe = self._r.pipeline(transaction=False)
+            for key_id in ids:
+                pipe.hgetall(self._k(key_id, "key"))
+            rows = await pipe.execute() if ids else []
+        keys = [k for k in (_key_from_fields(r) for r in rows) if k is not None]
+        return sorted(keys, key=lambda k: (k.created_at, k.id))
+
+    async def update_key(self, key_id: str, changes: dict[str, Any]) -> ApiKey | None:
+        """Change any of: name, rpm, max_concurrency, models, expires_at, disabled."""
+        check_key_changes(changes)
+        sets = {k: _change_to_field(k, v) for k, v in changes.items() if v is not None}
+        dels = [k for k, v in changes.items() if v is None]
+        args: list[str] = [str(len(sets))]
+        for k, v in sets.items():
+            args += [k, v]
+        args += dels
+        async with self._guard():
+            flat = await self._update(keys=[self._k(key_id, "key")], args=args)
+        return _key_from_fields(dict(zip(flat[::2], flat[1::2], strict=True)))
+
+    async def delete_key(self, key_id: str) -> bool:
+        async with self._guard():
+            key_hash = await self._delete(
+                keys=[self._k(key_id, "key"), self._k(key_id, "win")], args=[]
+            )
+            if not key_hash:
+                return False
+            pipe = self._r.pipeline(transaction=False)
+            pipe.srem(self._keys_live, key_id)
+            await pipe.execute()
+            # drop the index only if it still names this key
+            index = self._hash_index(key_hash)
+            if await self._r.get(index) == key_id:
+                await self._r.delete(index)
+            return True
+
+    async def adjust_balance(self, key_id: str, amount: int, note: str | None, now: float) -> int:
+        """Add (or, negative, deduct) micro-credits; returns the new balance.
+
+        Raises KeyError for an unknown key and ValueError if a deduction would go below zero.
+        Every change is appended to the key's credit log (see `credit_log`)."""
+        amount = int(amount)
+        entry = json.dumps(
+            {"amount": amount, "note": note, "created_at": float(now)}, separators=(",", ":")
+        )
+        async with self._guard():
+            code, balance = await self._adjust(
+                keys=[self._k(key_id, "key"), self._k(key_id, "credits")],
+                args=[str(amount), entry[1:]],
+            )
+        if code == 1:
+            raise KeyError(key_id)
+        if code == 2:
+            raise ValueError(f"balance {balance} cannot cover a deduction of {-amount}")
+        return int(balance)
+
+    async def credit_log(self, key_id: str, limit: int = 100) -> list[dict[str, Any]]:
+        """The key's credit changes, newest first: amount, balance_after, note, created_at."""
+        async with self._guard():
+            raw = await self._r.lrange(self._k(key_id, "credits"), -limit, -1)
+        return [json.loads(x) for x in reversed(raw)]
+
+    # --- metering
+
+    async def admit(
+        self,
+        key_id: str,
+        *,
+        reservation_id: str,
+        cost: int,
+        rpm: int,
+        max_concurrency: int,
+        now: float,
+        hold_s: float,
+        meta: dict[str, Any] | None = None,
+    ) -> Admission:
+        """One EVALSHA: key valid -> rpm window -> concurrency -> balance -> reserve."""
+        check_admit_args(cost, rpm, max_concurrency, hold_s)
+        try:
+            check_key_id(key_id)
+        except ValueError:
+            return Admission("invalid_token", 0, rpm, 0, 0.0)
+        async with self._guard():
+            status, balance, limit, remaining, reset_s, retry_s = await self._admit(
+                keys=[
+                    self._k(key_id, "key"),
+                    self._k(key_id, "win"),
+                    self._k(key_id, "res"),
+                    self._k(key_id, "exp"),
+                    self._k(key_id, "ledger"),
+                    self._k(key_id, "agg"),
+                ],
+                args=[
+                    reservation_id,
+                    str(int(cost)),
+                    str(int(rpm)),
+                    str(int(max_concurrency)),
+                    _f(now),
+                    _f(now + hold_s),
+                    json.dumps(meta or {}, separators=(",", ":")),
+                    key_id,
+                    utc_day(now),
+                    _f(RATE_WINDOW_S),
+                    _f(CONCURRENCY_RETRY_S),
+                ],
+            )
+        return Admission(
+            status=status,
+            balance=int(balance),
+            limit=int(limit),
+            remaining=int(remaining),
+            reset_s=float(reset_s),
+            retry_after_s=float(retry_s),
+        )
+
+    async def extend(self, reservation_id: str, key_id: str, expires_at: float) -> bool:
+        """Push a live reservation's expiry out (a queued task is still wanted). False if gone."""
+        async with self._guard():
+            return bool(
+                await self._extend(
+                    keys=[self._k(key_id, "res"), self._k(key_id, "exp")],
+                    args=[reservation_id, _f(expires_at)],
+                )
+            )
+
+    async def settle(
+        self, reservation_id: str, key_id: str, charge: int, record: UsageRecord
+    ) -> bool:
+        """One EVALSHA: charge min(charge, reserved), refund the rest, free the slot, ledger."""
+        if charge < 0:
+            raise ValueError("charge must be >= 0")
+        async with self._guard():
+            charged = await self._settle(
+                keys=[
+                    self._k(key_id, "key"),
+                    self._k(key_id, "res"),
+                    self._k(key_id, "exp"),
+                    self._k(key_id, "ledger"),
+                    self._k(key_id, "agg"),
+                ],
+                args=[
+                    reservation_id,
+                    str(int(charge)),
+                    _record_json(record, key_id, reservation_id),
+                    _f(record.created_at),
+                    utc_day(record.created_at),
+                    record.model,
+                    "1" if record.status == "succeeded" else "0",
+                    str(int(record.images)),
+                ],
+            )
+        return int(charged) >= 0
+
+    async def sweep(self, now: float) -> int:
+        """Refund every reservation past its expiry. One script per key (a script may only
+        touch one slot), pipelined in batches."""
+        day = utc_day(now)
+        total = 0
+        async with self._guard():
+            ids = await self._members(self._keys_known)
+            for batch in _batches(ids, _SCAN_BATCH):
+                pipe = self._r.pipeline(transaction=False)
+                for key_id in batch:
+                    await self._sweep(
+                        keys=[
+                            self._k(key_id, "key"),
+                            self._k(key_id, "res"),
+                            self._k(key_id, "exp"),
+                            self._k(key_id, "ledger"),
+                            self._k(key_id, "agg"),
+                        ],
+                        args=[key_id, _f(now), day],
+                        client=pipe,
+                    )
+                total += sum(int(n) for n in await pipe.execute())
+        return total
+
+    # --- ledger
+
+    async def _ledger_ids(self, query: UsageQuery) -> list[str]:
+        if query.key_id is not None:
+            return [query.key_id]
+        return await self._members(self._keys_known)
+
+    async def _key_rows(
+        self, key_id: str, query: UsageQuery, need: int | None
+    ) -> list[UsageRecord]:
+        """Newest-first rows of one key matching `query`, at most `need` (None: all)."""
+        hi, lo = _score_range(query)
+        out: list[UsageRecord] = []
+        start = 0
+        while need is None or len(out) < need:
+            page = await self._r.zrevrangebyscore(
+                self._k(key_id, "ledger"), hi, lo, start=start, num=_LEDGER_PAGE
+            )
+            for member in page:
+                row = _parse_row(str(member))
+                if query.model is None or row.model == query.model:
+                    out.append(row)
+            if len(page) < _LEDGER_PAGE:
+                break
+            start += _LEDGER_PAGE
+        return out if need is None else out[:need]
+
+    async def _rows(self, query: UsageQuery, need: int | None) -> list[UsageRecord]:
+        ids = await self._ledger_ids(query)
+        sem = asyncio.Semaphore(8)
+
+        async def one(key_id: str) -> list[UsageRecord]:
+            async with sem:
+                return await self._key_rows(key_id, query, need)
+
+        per_key = await asyncio.gather(*(one(k) for k in ids))
+        rows = [r for rs in per_key for r in rs]
+        rows.sort(key=lambda r: r.created_at, reverse=True)
+        return rows
+
+    async def usage_records(
+        self, query: UsageQuery, *, limit: int = 100, offset: int = 0
+    ) -> list[UsageRecord]:
+        """Newest first."""
+        async with self._guard():
+            rows = await self._rows(query, offset + limit)
+        return rows[offset : offset + limit]
+
+    async def usage_summary(self, query: UsageQuery, group_by: GroupBy) -> list[UsageGroup]:
+        """From the per-key aggregates when the range is whole UTC days (the common case: no
+        range at all), else by scanning the ledger rows in range. Sorted by group."""
+        groups: dict[str, UsageGroup] = {}
+
+        def bump(group: str, metric: str, n: int) -> None:
+            g = groups.get(group)
+            if g is None:
+                g = groups[group] = UsageGroup(group=group)
+            setattr(g, metric, getattr(g, metric) + n)
+
+        async with self._guard():
+            if not _day_aligned(query):
+                for row in await self._rows(query, None):
+                    group = _group_of(group_by, utc_day(row.created_at), row.model, row.key_id)
+                    bump(group, "requests", 1)
+                    bump(group, "succeeded" if row.status == "succeeded" else "failed", 1)
+                    bump(group, "images", row.images)
+                    bump(group, "credits", row.credits)
+                return sorted(groups.values(), key=lambda g: g.group)
+            ids = await self._ledger_ids(query)
+            first = utc_day(query.since) if query.since is not None else None
+            stop = utc_day(query.until) if query.until is not None else None
+            for batch in _batches(ids, _SCAN_BATCH):
+                pipe = self._r.pipeline(transaction=False)
+                for key_id in batch:
+                    pipe.hgetall(self._k(key_id, "agg"))
+                for key_id, agg in zip(batch, await pipe.execute(), strict=True):
+                    for field, value in agg.items():
+                        # "YYYY-MM-DD\tmodel\tmetric"; a model name may contain anything
+                        day, rest = field[:10], field[11:]
+                        model, _, metric = rest.rpartition("\t")
+                        if metric not in _METRICS:
+                            continue
+                        if query.model is not None and model != query.model:
+                            continue
+                        if (first is not None and day < first) or (
+                            stop is not None and day >= stop
+                        ):
+                            continue
+                        bump(_group_of(group_by, day, model, key_id), metric, int(value))
+        # a day with only zero counters cannot exist: every row bumps `requests`
+        return sorted(groups.values(), key=lambda g: g.group)
+
+
+def _group_of(group_by: GroupBy, day: str, model: str, key_id: str) -> str:
+    if group_by == "day":
+        return day
+    if group_by == "model":
+        return model
+    if group_by == "key":
+        return key_id
+    raise ValueError(f"unknown group_by: {group_by!r}")
+
+
+def _batches(items: list[str], size: int) -> Iterable[list[str]]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]

@@ -1,0 +1,272 @@
+"""The task-queue contract behind asynchronous edits (SPEC §4), shared by Redis and SQLite.
+
+A task is one edit request answered early with a `task_id` and run later by a worker. The
+queue keeps three things per task: the public record (`Task`: status, result or error,
+callback bookkeeping), the request payload (opaque bytes, see `payload.py`, deleted once the
+task finishes) and its place in the work queue. Everything needed to resume after a crash
+lives in the store, never in a process:
+
+- a claimed task carries a *lease*: a worker renews it with `heartbeat` while the handler
+  runs, and a running task not renewed for longer than a claimer's `lease_s` (its worker
+  died) is handed to that claimer. All workers of a deployment use one `lease_s`
+  (`tasks.lease_s`), so "the lease" is one number; the claimer's value is what counts;
+- `finish` is first-wins and idempotent, so a task that ran twice (after a reclaim) still has
+  one outcome; charging exactly once is the metering store's job (`settle` keyed by task id);
+- a finished task with a `callback_url` is scheduled for delivery in the same atomic step as
+  the status change, so a crash between the two cannot lose a callback;
+- delivery claims are leased too, so two gateways never POST the same attempt twice.
+
+Times are unix seconds passed in by the caller (`now`) so tests can drive them. (Redis leases
+are the one exception: they are stream idle times measured by the Redis server clock, which
+also makes them immune to clock skew between worker machines.)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol
+
+TaskStatus = Literal["queued", "running", "succeeded", "failed"]
+FINAL_STATUSES: frozenset[str] = frozenset({"succeeded", "failed"})
+
+IdemKind = Literal["new", "pending", "done", "conflict"]
+
+
+@dataclass(slots=True)
+class Task:
+    """One asynchronous edit. `attempts` counts runs (claims); `delivery_attempts` counts POSTs."""
+
+    id: str
+    key_id: str
+    trace_id: str
+    model: str
+    created: float
+    status: TaskStatus = "queued"
+    started: float | None = None
+    finished: float | None = None
+    callback_url: str | None = None
+    result: dict[str, Any] | None = None
+    error: dict[str, Any] | None = None
+    delivered: bool = False
+    delivery_attempts: int = 0
+    undelivered: bool = False
+    attempts: int = 0
+    # where the last delivery attempt ended: {"at", "status_code"} or {"at", "error"}
+    last_delivery: dict[str, Any] | None = None
+
+    @property
+    def done(self) -> bool:
+        return self.status in FINAL_STATUSES
+
+    def callback_state(self) -> str:
+        """none | pending | delivered | undelivered -- one word for logs and the public view."""
+        if not self.callback_url:
+            return "none"
+        if self.delivered:
+            return "delivered"
+        return "undelivered" if self.undelivered else "pending"
+
+    def to_public(self) -> dict[str, Any]:
+        """The `GET /v1/tasks/{task_id}` body (SPEC §4); `result` or `error` only once final."""
+        out: dict[str, Any] = {
+            "task_id": self.id,
+            "trace_id": self.trace_id,
+            "model": self.model,
+            "status": self.status,
+            "created": int(self.created),
+            "finished": int(self.finished) if self.finished is not None else None,
+        }
+        if self.status == "succeeded":
+            out["result"] = self.result
+        elif self.status == "failed":
+            out["error"] = self.error
+        out["callback"] = {
+            "delivered": self.delivered,
+            "attempts": self.delivery_attempts,
+            "state": self.callback_state(),
+        }
+        return out
+
+
+@dataclass(slots=True)
+class Claimed:
+    """A task handed to one worker, with the payload it was enqueued with."""
+
+    task: Task
+    payload: bytes
+
+
+@dataclass(slots=True, frozen=True)
+class IdemState:
+    """The answer of `idem_begin` for an `Idempotency-Key`.
+
+    new      -- the caller owns the key now and should run the request as `task_id`;
+    pending  -- an earlier request with the same body is still in flight as `task_id`;
+    done     -- it finished; `response` holds the bytes the first request answered with;
+    conflict -- the key was used with a different body (HTTP 409).
+    """
+
+    kind: IdemKind
+    task_id: str | None = None
+    response: bytes | None = None
+
+
+@dataclass(slots=True)
+class DeliveryOutcome:
+    """What `record_delivery` stored, for the caller's logs and metrics."""
+
+    delivered: bool
+    undelivered: bool
+    attempts: int
+    next_due: float | None = None
+
+
+class TaskQueue(Protocol):
+    """Durable tasks, leases, callback scheduling and idempotency records."""
+
+    async def close(self) -> None: ...
+
+    async def ping(self) -> bool: ...
+
+    # --- work queue
+    async def enqueue(self, task: Task, payload: bytes) -> None:
+        """Store the task (status queued) and its payload and make it claimable, atomically."""
+        ...
+
+    async def record(self, task: Task) -> None:
+        """Store a task record that is *not* queued: a synchronous request, so that
+        `GET /v1/tasks/{id}` answers for it too. Overwrites; never claimed or delivered;
+        expires like a finished task. Call once with the final status (or with `running`
+        and then `finish`)."""
+        ...
+
+    async def claim(
+        self, worker_id: str, *, lease_s: float, now: float, block_s: float = 0.0
+    ) -> Claimed | None:
+        """Take the oldest claimable task: one whose lease lapsed first, else a queued one.
+
+        "Lapsed" means running with no claim or heartbeat for more than `lease_s`. Marks the
+        task running, bumps `attempts`, starts its lease. Waits up to `block_s` for work;
+        None when there is none.
+        """
+        ...
+
+    async def heartbeat(self, task_id: str, worker_id: str, *, now: float) -> bool:
+        """Renew the lease (call well within `lease_s`). False if the worker no longer holds
+        it (it was reclaimed, released or finished)."""
+        ...
+
+    async def release(self, task_id: str, worker_id: str) -> bool:
+        """Give a running task back at once (graceful shutdown), instead of waiting for its
+        lease to lapse. False if the worker did not hold it."""
+        ...
+
+    async def finish(
+        self,
+        task_id: str,
+        *,
+        result: dict[str, Any] | None = None,
+        error: dict[str, Any] | None = None,
+        now: float,
+    ) -> bool:
+        """Record the outcome (error given -> failed, else succeeded), drop the payload, take the
+        task off the work queue and, if it has a callback_url, schedule delivery at `now`.
+        First call wins: False (and no change) if the task is already final or unknown."""
+        ...
+
+    async def get(self, task_id: str) -> Task | None: ...
+
+    async def queue_depth(self) -> int:
+        """Tasks not yet finished (queued or running), for the metrics gauge."""
+        ...
+
+    async def purge(self, now: float) -> int:
+        """Drop finished tasks and idempotency records past their retention (SQLite; Redis
+        uses key TTLs and returns 0). Returns how many tasks were removed."""
+        ...
+
+    # --- callback deliveries
+    async def schedule_delivery(self, task_id: str, due_at: float) -> None: ...
+
+    async def claim_due_deliveries(
+        self, now: float, limit: int, *, lease_s: float = 60.0
+    ) -> list[Task]:
+        """Tasks whose delivery is due, each pushed `lease_s` into the future so no other
+        deliverer takes it while this one POSTs (a crash mid-POST means a retry later)."""
+        ...
+
+    async def record_delivery(
+        self,
+        task_id: str,
+        *,
+        status_code: int | None = None,
+        error: str | None = None,
+        delivered: bool,
+        next_due: float | None,
+        now: float,
+    ) -> DeliveryOutcome | None:
+        """Count one attempt. Delivered -> done; else `next_due` -> retry then; else (None)
+        -> undelivered for good. None if the task is unknown."""
+        ...
+
+    # --- Idempotency-Key
+    async def idem_begin(
+        self,
+        key_id: str,
+        idem_key: str,
+        fingerprint: str,
+        *,
+        task_id: str,
+        now: float,
+        ttl_s: float,
+        stale_after_s: float | None = None,
+    ) -> IdemState:
+        """Claim (`key_id`, `idem_key`) for `task_id`, or say who has it (see `IdemState`).
+        A pending record older than `stale_after_s` (its request died) is taken over."""
+        ...
+
+    async def idem_finish(self, key_id: str, idem_key: str, response: bytes) -> None:
+        """Store the first request's response; later identical requests get it back."""
+        ...
+
+    async def idem_abort(self, key_id: str, idem_key: str, task_id: str) -> None:
+        """Forget a pending record owned by `task_id` (its request failed before it was
+        accepted, e.g. 402), so a retry with the same key can run."""
+        ...
+
+
+class TaskMetrics(Protocol):
+    """Where workers and deliverers report outcomes; the lead wires it to `/metrics`.
+
+    Queue depth is a gauge read on scrape: `await queue.queue_depth()`.
+    """
+
+    def task_finished(self, status: str) -> None:
+        """status: succeeded | failed."""
+        ...
+
+    def delivery(self, outcome: str) -> None:
+        """outcome: delivered | retry | undelivered."""
+        ...
+
+
+class NullMetrics:
+    def task_finished(self, status: str) -> None:
+        pass
+
+    def delivery(self, outcome: str) -> None:
+        pass
+
+
+class CounterMetrics:
+    """In-memory counters (tests, and a simple source for a Prometheus collector)."""
+
+    def __init__(self) -> None:
+        self.tasks: dict[str, int] = {}
+        self.deliveries: dict[str, int] = {}
+
+    def task_finished(self, status: str) -> None:
+        self.tasks[status] = self.tasks.get(status, 0) + 1
+
+    def delivery(self, outcome: str) -> None:
+        self.deliveries[outcome] = self.deliveries.get(outcome, 0) + 1

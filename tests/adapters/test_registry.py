@@ -1,0 +1,66 @@
+"""Adapter registry and build_adapters from a gateway config."""
+
+from __future__ import annotations
+
+import pytest
+
+from app.adapters import ADAPTERS, build_adapters
+from app.adapters.dall_e_2 import DallE2Adapter
+from app.adapters.gpt_image import GptImageAdapter
+from app.adapters.nano_banana import NanoBananaAdapter
+from app.core.config import GatewayConfig, Settings, load_config
+from app.upstream.client import UpstreamClient, build_clients
+from tests.adapters import model_config, upstream_config
+
+
+def clients() -> dict[str, UpstreamClient]:
+    return {
+        "openai": UpstreamClient("openai", upstream_config("openai")),
+        "gemini": UpstreamClient("gemini", upstream_config("gemini")),
+    }
+
+
+def test_registry_names() -> None:
+    assert {
+        "gpt-image": GptImageAdapter,
+        "dall-e-2": DallE2Adapter,
+        "nano-banana": NanoBananaAdapter,
+    } == ADAPTERS
+
+
+async def test_shipped_config_builds_every_model() -> None:
+    cfg = load_config(Settings(), "app/defaults/gateway.yaml")
+    cs = build_clients(cfg)
+    adapters = build_adapters(cfg, cs)
+    assert set(adapters) == set(cfg.models)
+    assert isinstance(adapters["gpt-image-2"], GptImageAdapter)
+    assert isinstance(adapters["dall-e-2"], DallE2Adapter)
+    assert isinstance(adapters["nano-banana-pro"], NanoBananaAdapter)
+    assert adapters["nano-banana-pro"].path == "/models/gemini-3-pro-image:generateContent"
+    assert adapters["gpt-image-2"].model == "gpt-image-2"
+    assert adapters["gpt-image-2"].config.upstream_model == "gpt-image-2"
+    for c in cs.values():
+        await c.aclose()
+
+
+def _config(adapter: str, upstream: str = "openai") -> GatewayConfig:
+    return GatewayConfig(
+        upstreams={"openai": upstream_config("openai"), "gemini": upstream_config("gemini")},
+        models={"my-model": model_config(adapter, "x", upstream=upstream)},
+        default_model="my-model",
+    )
+
+
+def test_unknown_adapter_names_the_model() -> None:
+    with pytest.raises(ValueError, match=r"my-model.*'midjourney'"):
+        build_adapters(_config("midjourney"), clients())
+
+
+def test_wrong_upstream_kind_is_refused() -> None:
+    with pytest.raises(ValueError, match=r"my-model.*gemini"):
+        build_adapters(_config("nano-banana", upstream="openai"), clients())
+
+
+def test_missing_client_is_refused() -> None:
+    with pytest.raises(ValueError, match="my-model"):
+        build_adapters(_config("gpt-image"), {})
