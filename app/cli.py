@@ -49,7 +49,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 # --- admin commands -----------------------------------------------------------------------
 def _run_admin(args: argparse.Namespace, fn: Callable[[Any], Awaitable[int]]) -> int:
     from app.domain.keys import KeyAdmin
-    from app.store import open_store
+    from app.store import StoreUnavailable, open_store
 
     settings = _settings(args)
 
@@ -69,6 +69,9 @@ def _run_admin(args: argparse.Namespace, fn: Callable[[Any], Awaitable[int]]) ->
     except ConfigError as exc:
         print(f"config error: {exc}", file=sys.stderr)
         return 2
+    except StoreUnavailable as exc:
+        print(f"error: store unavailable: {exc}", file=sys.stderr)
+        return 1
 
 
 def _table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
@@ -240,8 +243,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--max-concurrency", type=int)
     c.add_argument("--models", help="comma-separated, or 'all'")
     c.add_argument("--expires-at")
-    c.add_argument("--disable", action="store_true")
-    c.add_argument("--enable", action="store_true")
+    on_off = c.add_mutually_exclusive_group()
+    on_off.add_argument("--disable", action="store_true")
+    on_off.add_argument("--enable", action="store_true")
     c.add_argument("--json", action="store_true")
     c = ks.add_parser("revoke")
     c.add_argument("id")

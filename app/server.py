@@ -73,7 +73,7 @@ async def _main(settings: Settings, config: GatewayConfig, host: str, port: int)
         sim = uvicorn.Server(
             uvicorn.Config(
                 create_simulator_app(), host="127.0.0.1", port=sim_port, log_level="warning",
-                http="httptools", lifespan="off", access_log=False,
+                http="httptools", lifespan="off", access_log=False, log_config=None,
             )
         )  # fmt: skip
         servers.append(sim)

@@ -26,6 +26,10 @@ class Adapter(Protocol):
     name: ClassVar[str]
     # True where the upstream honours `n` (dall-e-2); elsewhere n is silently 1 (SPEC §2).
     native_n: ClassVar[bool]
+    # The answer's form when the client names none (dall-e-2: "url", as OpenAI does) ...
+    default_response_format: ClassVar[str | None]
+    # ... and where the client has no say at all (nano-banana always answers "url").
+    forced_response_format: ClassVar[str | None]
     model: str  # the gateway's model name, e.g. "gpt-image-2"
     config: ModelConfig
 

@@ -55,6 +55,10 @@ class DallE2Adapter:
 
     name: ClassVar[str] = "dall-e-2"
     upstream_kind: ClassVar[str] = "openai"
+    # Read by the edit service: price `per_image x n`; answer `url` unless asked (as OpenAI).
+    native_n: ClassVar[bool] = True
+    default_response_format: ClassVar[str | None] = "url"
+    forced_response_format: ClassVar[str | None] = None
 
     def __init__(self, model: str, config: ModelConfig, upstream: UpstreamClient) -> None:
         self.model = model

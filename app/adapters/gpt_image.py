@@ -92,6 +92,10 @@ class GptImageAdapter:
 
     name: ClassVar[str] = "gpt-image"
     upstream_kind: ClassVar[str] = "openai"
+    # Read by the edit service: one image per request; the response format follows the body kind.
+    native_n: ClassVar[bool] = False
+    default_response_format: ClassVar[str | None] = None
+    forced_response_format: ClassVar[str | None] = None
 
     def __init__(self, model: str, config: ModelConfig, upstream: UpstreamClient) -> None:
         self.model = model

@@ -59,6 +59,10 @@ class NanoBananaAdapter:
 
     name: ClassVar[str] = "nano-banana"
     upstream_kind: ClassVar[str] = "gemini"
+    # Read by the edit service: priced per request; always answers URLs (the seeds).
+    native_n: ClassVar[bool] = False
+    default_response_format: ClassVar[str | None] = None
+    forced_response_format: ClassVar[str | None] = "url"
 
     def __init__(self, model: str, config: ModelConfig, upstream: UpstreamClient) -> None:
         self.model = model

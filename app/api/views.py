@@ -16,25 +16,33 @@ def iso(ts: float | None) -> str | None:
     return datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
 
 
+#: Latest time accepted (9999-12-31T23:59:59Z): what `iso` and every platform can show.
+MAX_TIME = 253402300799.0
+
+
 def parse_time(value: Any, param: str) -> float | None:
-    """Unix seconds or ISO 8601 (a date alone means midnight UTC)."""
+    """Unix seconds or ISO 8601 (a date alone means midnight UTC), between 1970 and 9999."""
     if value is None or value == "":
         return None
+    ts: float | None = None
     if isinstance(value, int | float) and not isinstance(value, bool):
-        return float(value)
-    if isinstance(value, str):
+        ts = float(value)
+    elif isinstance(value, str):
         try:
-            return float(value)
+            ts = float(value)
         except ValueError:
-            pass
-        try:
-            dt = datetime.fromisoformat(value.replace("Z", "+00:00"))
-        except ValueError:
-            raise bad_request(f"{param} must be unix seconds or ISO 8601", param) from None
-        if dt.tzinfo is None:
-            dt = dt.replace(tzinfo=UTC)
-        return dt.timestamp()
-    raise bad_request(f"{param} must be unix seconds or ISO 8601", param)
+            try:
+                dt = datetime.fromisoformat(value.replace("Z", "+00:00"))
+            except ValueError:
+                raise bad_request(f"{param} must be unix seconds or ISO 8601", param) from None
+            if dt.tzinfo is None:
+                dt = dt.replace(tzinfo=UTC)
+            ts = dt.timestamp()
+    if ts is None:
+        raise bad_request(f"{param} must be unix seconds or ISO 8601", param)
+    if not 0 <= ts <= MAX_TIME:  # also refuses NaN and infinities
+        raise bad_request(f"{param} must be a time between 1970 and 9999", param)
+    return ts
 
 
 def key_view(key: ApiKey) -> dict[str, Any]:

@@ -42,8 +42,11 @@ def setup_logging(level: str = "info") -> None:
         lg = logging.getLogger(name)
         lg.handlers[:] = []
         lg.propagate = True
-    # uvicorn's access log repeats what our own access line says, without the trace id.
+    # uvicorn's access log repeats what our own access line says, without the trace id;
+    # httpx logs every upstream call at info, which our access line already covers.
     logging.getLogger("uvicorn.access").disabled = True
+    for noisy in ("httpx", "httpcore"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
 
 
 def get_logger(name: str) -> logging.Logger:

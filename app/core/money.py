@@ -20,12 +20,17 @@ def to_micro(value: Decimal | int | float | str) -> int:
         raise ValueError(f"not a number: {value!r}") from exc
     if not dec.is_finite():
         raise ValueError(f"not a finite number: {value!r}")
-    return int((dec * MICRO).quantize(Decimal(1), rounding=ROUND_HALF_EVEN))
+    try:
+        return int((dec * MICRO).quantize(Decimal(1), rounding=ROUND_HALF_EVEN))
+    except InvalidOperation as exc:  # more digits than the decimal context holds
+        raise ValueError(f"number out of range: {value!r}") from exc
 
 
 def from_micro(micro: int) -> Decimal:
     """Micro-credits back to a Decimal with at most 6 places (for display and JSON)."""
-    return (Decimal(micro) / MICRO).quantize(_QUANTUM).normalize() if micro else Decimal(0)
+    dec = (Decimal(micro) / MICRO).quantize(_QUANTUM).normalize()
+    # normalize() writes whole hundreds as 1E+2; keep plain notation for display
+    return dec.quantize(Decimal(1)) if dec.as_tuple().exponent > 0 else dec  # type: ignore[operator]
 
 
 def credits_json(micro: int) -> float:

@@ -20,6 +20,11 @@ from app.core.money import to_micro
 from app.store.base import ApiKey, Store
 
 KEY_PREFIX = "ig-"
+#: Largest credit amount (and balance) accepted, in micro-credits: 1e9 credits. Keeps every sum
+#: an exact integer in SQLite (int64) and in Redis Lua (doubles, exact below 2**53).
+MAX_MICRO = 10**15
+#: Largest rpm / max_concurrency a key may be given.
+MAX_LIMIT = 1_000_000_000
 UPDATABLE = frozenset({"name", "rpm", "max_concurrency", "models", "expires_at", "disabled"})
 
 
@@ -42,6 +47,10 @@ def _check_limits(rpm: int | None, max_concurrency: int | None) -> None:
         raise bad_request("rpm must be at least 1", "rpm")
     if max_concurrency is not None and max_concurrency < 1:
         raise bad_request("max_concurrency must be at least 1", "max_concurrency")
+    if rpm is not None and rpm > MAX_LIMIT:
+        raise bad_request(f"rpm must be at most {MAX_LIMIT}", "rpm")
+    if max_concurrency is not None and max_concurrency > MAX_LIMIT:
+        raise bad_request(f"max_concurrency must be at most {MAX_LIMIT}", "max_concurrency")
 
 
 def parse_credits(value: Any, param: str = "credits", *, allow_negative: bool = False) -> int:
@@ -54,6 +63,8 @@ def parse_credits(value: Any, param: str = "credits", *, allow_negative: bool = 
         raise bad_request(f"{param} must be a number", param) from None
     if micro < 0 and not allow_negative:
         raise bad_request(f"{param} must not be negative", param)
+    if abs(micro) > MAX_MICRO:
+        raise bad_request(f"{param} must not exceed {MAX_MICRO // 1_000_000} credits", param)
     return micro
 
 
@@ -130,6 +141,10 @@ class KeyAdmin:
             raise GatewayError("not_found", f"no key {key_id!r}", param="id")
 
     async def add_credits(self, key_id: str, amount: int, note: str | None = None) -> int:
+        if amount > 0 and (await self.get(key_id)).balance + amount > MAX_MICRO:
+            raise bad_request(
+                f"the balance would exceed {MAX_MICRO // 1_000_000} credits", "amount"
+            )
         try:
             return await self.store.adjust_balance(key_id, amount, note, time.time())
         except KeyError:

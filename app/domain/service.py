@@ -108,20 +108,18 @@ class EditService:
             await self.fetcher.check_url(req.callback_url, param="callback_url")
         await resolve_images(req, self.fetcher, self.config.limits)
         adapter.check_images(req)
-        images = (req.n or 1) if getattr(adapter, "native_n", False) else 1
+        images = (req.n or 1) if adapter.native_n else 1
         price = quote(self.config.models[req.model], req.size, images)
         return Prepared(adapter, req, price, self._response_format(adapter, req))
 
     @staticmethod
     def _response_format(adapter: Adapter, req: EditRequest) -> str:
-        forced = getattr(adapter, "forced_response_format", None)
-        if forced:
-            return str(forced)
+        if adapter.forced_response_format:
+            return adapter.forced_response_format
         if req.response_format:
             return req.response_format
-        default = getattr(adapter, "default_response_format", None)
-        if default:
-            return str(default)
+        if adapter.default_response_format:
+            return adapter.default_response_format
         # What each client expects: the OpenAI SDK (multipart) reads b64_json, the seed's
         # JSON server pipeline reads url.
         return "b64_json" if req.body_kind == "multipart" else "url"

@@ -64,3 +64,12 @@ def test_wrong_upstream_kind_is_refused() -> None:
 def test_missing_client_is_refused() -> None:
     with pytest.raises(ValueError, match="my-model"):
         build_adapters(_config("gpt-image"), {})
+
+
+def test_service_hints() -> None:
+    """Attributes the edit service reads: native n (pricing) and response-format defaults."""
+    assert DallE2Adapter.native_n and not GptImageAdapter.native_n
+    assert not NanoBananaAdapter.native_n
+    assert DallE2Adapter.default_response_format == "url"
+    assert GptImageAdapter.default_response_format is None
+    assert NanoBananaAdapter.forced_response_format == "url"

@@ -28,9 +28,14 @@ class _Body(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+# Checked by `parse_credits`, not pydantic: `true` is not 1 credit, and a number's text is parsed
+# exactly (a number or a decimal string).
+Credits = Any
+
+
 class KeyCreate(_Body):
     name: str = Field(min_length=1, max_length=200)
-    credits: float | int | str = 0
+    credits: Credits = 0
     rpm: int | None = Field(None, ge=1)
     max_concurrency: int | None = Field(None, ge=1)
     models: list[str] | None = None
@@ -47,7 +52,7 @@ class KeyUpdate(_Body):
 
 
 class CreditsBody(_Body):
-    amount: float | int | str
+    amount: Credits
     note: str | None = Field(None, max_length=500)
 
 
@@ -82,6 +87,9 @@ async def get_key(key_id: str, request: Request) -> JSONResponse:
 async def update_key(key_id: str, body: KeyUpdate, request: Request) -> JSONResponse:
     gw = require_admin(request)
     changes: dict[str, Any] = body.model_dump(exclude_unset=True)
+    for field in ("name", "disabled"):  # null resets rpm, models, ... but these have no default
+        if field in changes and changes[field] is None:
+            raise bad_request(f"{field} must not be null", field)
     if "expires_at" in changes:
         changes["expires_at"] = parse_time(changes["expires_at"], "expires_at")
     key = await gw.keys.update(key_id, changes)
