@@ -179,7 +179,7 @@ class EditService:
         self, key: ApiKey, prep: Prepared, task_id: str, ctx: EditContext
     ) -> EditReply:
         queued = prep.req.callback_url is not None
-        hold_s = self.config.metering.reservation_ttl_s
+        hold_s = float(self.config.metering.reservation_ttl_s)
         if queued:
             hold_s += self.config.tasks.lease_s
         hold = await self.meter.admit(

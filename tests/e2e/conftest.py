@@ -73,9 +73,13 @@ def gateway_config(settings: Settings, sim_url: str, **overrides: Any) -> Gatewa
     for name, up in config.upstreams.items():
         path = "/v1" if up.kind == "openai" else "/v1beta"
         upstreams[name] = up.model_copy(
-            update={"base_url": sim_url + path, "api_key": "sk-test", "backoff_s": 0.01,
-                    "timeout_s": overrides.pop(f"{name}_timeout_s", 5.0)}
-        )  # fmt: skip
+            update={
+                "base_url": sim_url + path,
+                "api_key": "sk-test",
+                "backoff_s": 0.01,
+                "timeout_s": overrides.pop(f"{name}_timeout_s", 5.0),
+            }
+        )
     return config.model_copy(update={"upstreams": upstreams, **overrides})
 
 

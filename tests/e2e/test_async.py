@@ -30,8 +30,9 @@ FAST_CALLBACKS = CallbacksConfig(max_attempts=3, backoff_base_s=0.2, backoff_max
 
 @pytest.fixture(scope="module")
 def astack() -> Iterator[Stack]:
-    s = start_stack(allow_private=True, callbacks=FAST_CALLBACKS,
-                    tasks=TasksConfig(workers=4, lease_s=30))  # fmt: skip
+    s = start_stack(
+        allow_private=True, callbacks=FAST_CALLBACKS, tasks=TasksConfig(workers=4, lease_s=30)
+    )
     try:
         yield s
     finally:
@@ -39,24 +40,38 @@ def astack() -> Iterator[Stack]:
         s.sim.stop()
 
 
-def submit(stack: Stack, key: dict[str, Any], callback_url: str | None, *,
-           model: str = "gpt-image-1", headers: dict[str, str] | None = None,
-           prompt: str = "make it blue") -> httpx.Response:  # fmt: skip
+def submit(
+    stack: Stack,
+    key: dict[str, Any],
+    callback_url: str | None,
+    *,
+    model: str = "gpt-image-1",
+    headers: dict[str, str] | None = None,
+    prompt: str = "make it blue",
+) -> httpx.Response:
     data = {"model": model, "prompt": prompt}
     if callback_url:
         data["callback_url"] = callback_url
-    return httpx.post(stack.url + EDITS, data=data,
-                      headers={"authorization": f"Bearer {key['key']}", **(headers or {})},
-                      files={"image": ("a.png", PNG, "image/png")}, timeout=60)  # fmt: skip
+    return httpx.post(
+        stack.url + EDITS,
+        data=data,
+        headers={"authorization": f"Bearer {key['key']}", **(headers or {})},
+        files={"image": ("a.png", PNG, "image/png")},
+        timeout=60,
+    )
 
 
 def get_task(stack: Stack, key: dict[str, Any], task_id: str) -> httpx.Response:
-    return httpx.get(f"{stack.url}/v1/tasks/{task_id}",
-                     headers={"authorization": f"Bearer {key['key']}"}, timeout=10)  # fmt: skip
+    return httpx.get(
+        f"{stack.url}/v1/tasks/{task_id}",
+        headers={"authorization": f"Bearer {key['key']}"},
+        timeout=10,
+    )
 
 
-def wait_task(stack: Stack, key: dict[str, Any], task_id: str, pred: Any,
-              timeout: float = 30) -> dict[str, Any]:  # fmt: skip
+def wait_task(
+    stack: Stack, key: dict[str, Any], task_id: str, pred: Any, timeout: float = 30
+) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         body = get_task(stack, key, task_id).json()
@@ -117,8 +132,12 @@ def test_upstream_failure_callback_and_refund(astack: Stack) -> None:
         task_id = submit(astack, key, rx.url).json()["task_id"]
         (delivery,) = rx.wait_for(1)
     body = json.loads(delivery.body)
-    assert body == {"success": False, "task_id": task_id, "trace_id": body["trace_id"],
-                    "error": {"code": "bad_request", "message": body["error"]["message"]}}  # fmt: skip
+    assert body == {
+        "success": False,
+        "task_id": task_id,
+        "trace_id": body["trace_id"],
+        "error": {"code": "bad_request", "message": body["error"]["message"]},
+    }
     assert astack.balance(key["id"]) == 1
     task = get_task(astack, key, task_id).json()
     assert task["status"] == "failed" and task["error"]["code"] == "bad_request"
@@ -149,11 +168,19 @@ def test_idempotency_five_concurrent(astack: Stack) -> None:
 
     async def fire() -> list[httpx.Response]:
         async with httpx.AsyncClient(timeout=60) as c:
-            return list(await asyncio.gather(*(
-                c.post(astack.url + EDITS, headers=headers,
-                       data={"model": "gpt-image-1", "prompt": "same"},
-                       files={"image": ("a.png", PNG, "image/png")})
-                for _ in range(5))))  # fmt: skip
+            return list(
+                await asyncio.gather(
+                    *(
+                        c.post(
+                            astack.url + EDITS,
+                            headers=headers,
+                            data={"model": "gpt-image-1", "prompt": "same"},
+                            files={"image": ("a.png", PNG, "image/png")},
+                        )
+                        for _ in range(5)
+                    )
+                )
+            )
 
     responses = asyncio.run(fire())
     assert [r.status_code for r in responses] == [200] * 5, [r.text for r in responses]
@@ -161,9 +188,13 @@ def test_idempotency_five_concurrent(astack: Stack) -> None:
     assert len([q for q in astack.sim_requests() if q["protocol"] == "openai"]) == 1
     assert astack.balance(key["id"]) == pytest.approx(0.90)
     # same key, different body → 409
-    r = httpx.post(astack.url + EDITS, headers=headers, timeout=30,
-                   data={"model": "gpt-image-1", "prompt": "different"},
-                   files={"image": ("a.png", PNG, "image/png")})  # fmt: skip
+    r = httpx.post(
+        astack.url + EDITS,
+        headers=headers,
+        timeout=30,
+        data={"model": "gpt-image-1", "prompt": "different"},
+        files={"image": ("a.png", PNG, "image/png")},
+    )
     assert r.status_code == 409 and r.json()["error"]["code"] == "conflict"
 
 
@@ -181,18 +212,25 @@ def test_kill9_with_tasks_in_flight(tmp_path: Path, redis_server: RedisServer) -
     sim = ThreadedServer(create_simulator_app()).start()
     httpx.post(sim.url + "/_sim/config", json={"latency_s": 2.0}, timeout=5)
     config = write_config(
-        sim.url, tmp_path / "gateway.yaml",
+        sim.url,
+        tmp_path / "gateway.yaml",
         tasks={"workers": 20, "lease_s": 3},
         callbacks={"max_attempts": 5, "backoff_base_s": 0.2, "backoff_max_s": 1, "timeout_s": 5},
-    )  # fmt: skip
-    env = {"IMAGEGATE_REDIS_URL": redis_server.url, "IMAGEGATE_ADMIN_KEY": ADMIN_KEY,
-           "IMAGEGATE_ALLOW_PRIVATE_URLS": "true"}  # fmt: skip
+    )
+    env = {
+        "IMAGEGATE_REDIS_URL": redis_server.url,
+        "IMAGEGATE_ADMIN_KEY": ADMIN_KEY,
+        "IMAGEGATE_ALLOW_PRIVATE_URLS": "true",
+    }
     gw = GatewayProcess(config, env=env).start()
     try:
         with receiver() as rx:
-            r = httpx.post(gw.url + "/admin/keys", json={"name": "k", "credits": 10,
-                                                           "max_concurrency": 50},
-                           headers={"authorization": f"Bearer {ADMIN_KEY}"}, timeout=10)  # fmt: skip
+            r = httpx.post(
+                gw.url + "/admin/keys",
+                json={"name": "k", "credits": 10, "max_concurrency": 50},
+                headers={"authorization": f"Bearer {ADMIN_KEY}"},
+                timeout=10,
+            )
             key = r.json()
             stack_like = type("S", (), {"url": gw.url})()
             ids = [submit(stack_like, key, rx.url).json()["task_id"] for _ in range(20)]  # type: ignore[arg-type]
@@ -207,8 +245,12 @@ def test_kill9_with_tasks_in_flight(tmp_path: Path, redis_server: RedisServer) -
         admin = {"authorization": f"Bearer {ADMIN_KEY}"}
         state = httpx.get(f"{gw.url}/admin/keys/{key['id']}", headers=admin, timeout=10).json()
         assert state["balance"] == pytest.approx(10 - 20 * 0.10)
-        rows = httpx.get(gw.url + "/admin/usage/records", headers=admin, timeout=10,
-                         params={"key_id": key["id"], "limit": 100}).json()["data"]  # fmt: skip
+        rows = httpx.get(
+            gw.url + "/admin/usage/records",
+            headers=admin,
+            timeout=10,
+            params={"key_id": key["id"], "limit": 100},
+        ).json()["data"]
         assert sorted(r["task_id"] for r in rows if r["status"] == "succeeded") == sorted(ids)
     finally:
         gw.stop()

@@ -19,8 +19,11 @@ def bomb_png(width: int = 30000, height: int = 30000) -> bytes:
     """A PNG whose header claims huge dimensions (a decompression bomb's calling card)."""
 
     def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(
-            ">I", zlib.crc32(kind + data) & 0xFFFFFFFF
+        return (
+            struct.pack(">I", len(data))
+            + kind
+            + data
+            + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
         )
 
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
@@ -32,37 +35,111 @@ PNG = images.png(64, 64)
 
 # (id, request kwargs for httpx.post, expected status, code, param or None)
 CASES: list[tuple[str, dict[str, Any], int, str, str | None]] = [
-    ("no image", {"data": {"model": "gpt-image-1", "prompt": "x"},
-                  "files": {"x": (None, "")}}, 400, "bad_request", None),
-    ("17 images", {"data": {"model": "gpt-image-1", "prompt": "x"},
-                   "files": [("image[]", (f"{i}.png", PNG, "image/png")) for i in range(17)]},
-     400, "bad_request", "image"),
-    ("text file called x.png", {"data": {"model": "gpt-image-1", "prompt": "x"},
-                                "files": {"image": ("x.png", b"hello, I am text", "image/png")}},
-     400, "bad_request", "image"),
-    ("truncated png", {"data": {"model": "gpt-image-1", "prompt": "x"},
-                       "files": {"image": ("t.png", images.png(256, 256)[:300], "image/png")}},
-     400, "bad_request", "image"),
-    ("30000x30000 png header", {"data": {"model": "gpt-image-1", "prompt": "x"},
-                                "files": {"image": ("b.png", bomb_png(), "image/png")}},
-     413, "payload_too_large", "image"),
-    ("empty prompt", {"data": {"model": "gpt-image-1", "prompt": "  "},
-                      "files": {"image": ("a.png", PNG, "image/png")}}, 400, "bad_request", "prompt"),
-    ("dall-e-2 1001-char prompt", {"data": {"model": "dall-e-2", "prompt": "p" * 1001},
-                                   "files": {"image": ("a.png", PNG, "image/png")}},
-     400, "bad_request", "prompt"),
-    ("unknown model", {"data": {"model": "gpt-image-9", "prompt": "x"},
-                       "files": {"image": ("a.png", PNG, "image/png")}},
-     400, "api_not_implemented", "model"),
-    ("malformed json", {"content": b'{"model": "gpt-image-1", "prompt": ',
-                        "headers": {"content-type": "application/json"}}, 400, "bad_request", None),
-    ("wrong content type", {"content": b"model=gpt-image-1&prompt=x",
-                            "headers": {"content-type": "application/x-www-form-urlencoded"}},
-     400, "bad_request", None),
-    ("json file_id", {"json": {"model": "gpt-image-1", "prompt": "x",
-                               "images": [{"file_id": "file-abc"}]}},
-     400, "api_not_implemented", None),
-]  # fmt: skip
+    (
+        "no image",
+        {"data": {"model": "gpt-image-1", "prompt": "x"}, "files": {"x": (None, "")}},
+        400,
+        "bad_request",
+        None,
+    ),
+    (
+        "17 images",
+        {
+            "data": {"model": "gpt-image-1", "prompt": "x"},
+            "files": [("image[]", (f"{i}.png", PNG, "image/png")) for i in range(17)],
+        },
+        400,
+        "bad_request",
+        "image",
+    ),
+    (
+        "text file called x.png",
+        {
+            "data": {"model": "gpt-image-1", "prompt": "x"},
+            "files": {"image": ("x.png", b"hello, I am text", "image/png")},
+        },
+        400,
+        "bad_request",
+        "image",
+    ),
+    (
+        "truncated png",
+        {
+            "data": {"model": "gpt-image-1", "prompt": "x"},
+            "files": {"image": ("t.png", images.png(256, 256)[:300], "image/png")},
+        },
+        400,
+        "bad_request",
+        "image",
+    ),
+    (
+        "30000x30000 png header",
+        {
+            "data": {"model": "gpt-image-1", "prompt": "x"},
+            "files": {"image": ("b.png", bomb_png(), "image/png")},
+        },
+        413,
+        "payload_too_large",
+        "image",
+    ),
+    (
+        "empty prompt",
+        {
+            "data": {"model": "gpt-image-1", "prompt": "  "},
+            "files": {"image": ("a.png", PNG, "image/png")},
+        },
+        400,
+        "bad_request",
+        "prompt",
+    ),
+    (
+        "dall-e-2 1001-char prompt",
+        {
+            "data": {"model": "dall-e-2", "prompt": "p" * 1001},
+            "files": {"image": ("a.png", PNG, "image/png")},
+        },
+        400,
+        "bad_request",
+        "prompt",
+    ),
+    (
+        "unknown model",
+        {
+            "data": {"model": "gpt-image-9", "prompt": "x"},
+            "files": {"image": ("a.png", PNG, "image/png")},
+        },
+        400,
+        "api_not_implemented",
+        "model",
+    ),
+    (
+        "malformed json",
+        {
+            "content": b'{"model": "gpt-image-1", "prompt": ',
+            "headers": {"content-type": "application/json"},
+        },
+        400,
+        "bad_request",
+        None,
+    ),
+    (
+        "wrong content type",
+        {
+            "content": b"model=gpt-image-1&prompt=x",
+            "headers": {"content-type": "application/x-www-form-urlencoded"},
+        },
+        400,
+        "bad_request",
+        None,
+    ),
+    (
+        "json file_id",
+        {"json": {"model": "gpt-image-1", "prompt": "x", "images": [{"file_id": "file-abc"}]}},
+        400,
+        "api_not_implemented",
+        None,
+    ),
+]
 
 SIZES = ["1024*1024", "1000x1000", "4000x2000", "3840x2176", "512x512", "3072x768", "AUTO"]
 URLS = [

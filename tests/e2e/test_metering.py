@@ -40,8 +40,12 @@ class Pair:
         self.gateways = [GatewayProcess(config, env=env).start() for _ in range(2)]
 
     def create_key(self, **body: Any) -> dict[str, Any]:
-        r = httpx.post(self.gateways[0].url + "/admin/keys", headers=ADMIN,
-                       json={"name": "t", **body}, timeout=10)  # fmt: skip
+        r = httpx.post(
+            self.gateways[0].url + "/admin/keys",
+            headers=ADMIN,
+            json={"name": "t", **body},
+            timeout=10,
+        )
         assert r.status_code == 201, r.text
         return dict(r.json())
 
@@ -50,8 +54,12 @@ class Pair:
         return dict(r.json())
 
     def records(self, key_id: str) -> list[dict[str, Any]]:
-        r = httpx.get(self.gateways[0].url + "/admin/usage/records", headers=ADMIN,
-                      params={"key_id": key_id, "limit": 1000}, timeout=10)  # fmt: skip
+        r = httpx.get(
+            self.gateways[0].url + "/admin/usage/records",
+            headers=ADMIN,
+            params={"key_id": key_id, "limit": 1000},
+            timeout=10,
+        )
         return list(r.json()["data"])
 
     def close(self) -> None:
@@ -69,8 +77,9 @@ def pair(redis_server: RedisServer) -> Iterator[Pair]:
         p.close()
 
 
-async def _fire(urls: list[str], key: str, n: int, model: str = "nano-banana",
-                **data: str) -> list[httpx.Response]:  # fmt: skip
+async def _fire(
+    urls: list[str], key: str, n: int, model: str = "nano-banana", **data: str
+) -> list[httpx.Response]:
     limits = httpx.Limits(max_connections=400, max_keepalive_connections=400)
     async with httpx.AsyncClient(timeout=60, limits=limits) as client:
 
@@ -128,8 +137,11 @@ def test_rpm_across_two_processes(pair: Pair) -> None:
 
 def test_concurrency_limit_with_slow_upstream(pair: Pair) -> None:
     key = pair.create_key(credits=100, rpm=1000, max_concurrency=2)
-    httpx.post(pair.sim.url + "/_sim/faults", json={"protocol": "gemini", "kind": "latency",
-               "delay_s": 2.0, "times": 2}, timeout=5)  # fmt: skip
+    httpx.post(
+        pair.sim.url + "/_sim/faults",
+        json={"protocol": "gemini", "kind": "latency", "delay_s": 2.0, "times": 2},
+        timeout=5,
+    )
 
     async def run() -> list[httpx.Response]:
         urls = [g.url for g in pair.gateways]
@@ -158,14 +170,27 @@ def test_revoked_key_stops_on_every_replica(pair: Pair) -> None:
 # --- prices -----------------------------------------------------------------------------
 @pytest.mark.parametrize(
     ("size", "cost"),
-    [("auto", 0.20), ("1024x1024", 0.20), ("1254x1254", 0.20), ("1792x1024", 0.20),
-     (None, 0.20), ("2048x2048", 0.30), ("3840x2160", 0.30), ("1536x864", 0.30)],
-)  # fmt: skip
+    [
+        ("auto", 0.20),
+        ("1024x1024", 0.20),
+        ("1254x1254", 0.20),
+        ("1792x1024", 0.20),
+        (None, 0.20),
+        ("2048x2048", 0.30),
+        ("3840x2160", 0.30),
+        ("1536x864", 0.30),
+    ],
+)
 def test_gpt_image_2_tiers(stack: Stack, size: str | None, cost: float) -> None:
     key = stack.create_key(credits=1, rpm=1000)
     data = {"model": "gpt-image-2", "prompt": "x"} | ({"size": size} if size else {})
-    r = httpx.post(stack.url + "/v1/images/edits", headers={"authorization": f"Bearer {key['key']}"},
-                   data=data, files={"image": ("a.png", PNG, "image/png")}, timeout=60)  # fmt: skip
+    r = httpx.post(
+        stack.url + "/v1/images/edits",
+        headers={"authorization": f"Bearer {key['key']}"},
+        data=data,
+        files={"image": ("a.png", PNG, "image/png")},
+        timeout=60,
+    )
     assert r.status_code == 200, r.text
     assert stack.balance(key["id"]) == pytest.approx(1 - cost, abs=1e-9)
 
@@ -174,9 +199,13 @@ def test_dall_e_2_charged_on_images_returned(stack: Stack) -> None:
     key = stack.create_key(credits=1, rpm=1000)
     stack.clear_sim()
     stack.fault(protocol="openai", kind="short", count=1, times=1)
-    r = httpx.post(stack.url + "/v1/images/edits", headers={"authorization": f"Bearer {key['key']}"},
-                   data={"model": "dall-e-2", "prompt": "x", "n": "4", "size": "256x256"},
-                   files={"image": ("a.png", images.png(256, 256, alpha=True), "image/png")}, timeout=60)  # fmt: skip
+    r = httpx.post(
+        stack.url + "/v1/images/edits",
+        headers={"authorization": f"Bearer {key['key']}"},
+        data={"model": "dall-e-2", "prompt": "x", "n": "4", "size": "256x256"},
+        files={"image": ("a.png", images.png(256, 256, alpha=True), "image/png")},
+        timeout=60,
+    )
     assert r.status_code == 200, r.text
     assert len(r.json()["data"]) == 3
     assert stack.balance(key["id"]) == pytest.approx(1 - 3 * 0.02, abs=1e-9)
@@ -184,7 +213,9 @@ def test_dall_e_2_charged_on_images_returned(stack: Stack) -> None:
 
 def test_me_endpoint(stack: Stack) -> None:
     key = stack.create_key(credits=3.5, rpm=42)
-    r = httpx.get(stack.url + "/v1/me", headers={"authorization": f"Bearer {key['key']}"}, timeout=10)
+    r = httpx.get(
+        stack.url + "/v1/me", headers={"authorization": f"Bearer {key['key']}"}, timeout=10
+    )
     assert r.status_code == 200
     body = r.json()
     assert body["balance"] == 3.5 and body["rpm"] == 42 and "key_hash" not in body
@@ -196,11 +227,13 @@ def test_redis_killed_and_restarted(tmp_path: Path) -> None:
     redis = RedisServer(appendonly=True).start()
     sim = ThreadedServer(create_simulator_app()).start()
     config = write_config(sim.url, tmp_path / "gateway.yaml")
-    gw = GatewayProcess(config, env={"IMAGEGATE_REDIS_URL": redis.url,
-                                     "IMAGEGATE_ADMIN_KEY": ADMIN_KEY}).start()  # fmt: skip
+    gw = GatewayProcess(
+        config, env={"IMAGEGATE_REDIS_URL": redis.url, "IMAGEGATE_ADMIN_KEY": ADMIN_KEY}
+    ).start()
     try:
-        r = httpx.post(gw.url + "/admin/keys", headers=ADMIN, json={"name": "r", "credits": 2},
-                       timeout=10)  # fmt: skip
+        r = httpx.post(
+            gw.url + "/admin/keys", headers=ADMIN, json={"name": "r", "credits": 2}, timeout=10
+        )
         key = r.json()
         assert asyncio.run(_fire([gw.url], key["key"], 3))[0].status_code == 200
         redis.kill()

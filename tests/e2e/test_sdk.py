@@ -209,10 +209,16 @@ def test_seed_json_url_array_and_images_form(open_stack: Stack, image_host: Any)
     headers = {"authorization": f"Bearer {key['key']}"}
     for payload in (
         {"image": [image_host.url + "/a.png", image_host.url + "/b.jpg"]},
-        {"images": [{"image_url": image_host.url + "/a.png"},
-                    {"image_url": "data:image/png;base64,"
-                     + base64.b64encode(images.png(32, 32)).decode()}]},
-    ):  # fmt: skip
+        {
+            "images": [
+                {"image_url": image_host.url + "/a.png"},
+                {
+                    "image_url": "data:image/png;base64,"
+                    + base64.b64encode(images.png(32, 32)).decode()
+                },
+            ]
+        },
+    ):
         open_stack.clear_sim()
         r = httpx.post(
             open_stack.url + "/v1/images/edits",

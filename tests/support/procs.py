@@ -37,13 +37,23 @@ def write_config(sim_url: str, path: Path, **overrides: Any) -> Path:
 
 
 class GatewayProcess:
-    def __init__(self, config: Path, *, env: dict[str, str], port: int | None = None,
-                 data_dir: Path | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        config: Path,
+        *,
+        env: dict[str, str],
+        port: int | None = None,
+        data_dir: Path | None = None,
+    ) -> None:
         self.port = port or free_port()
         self.config = config
         self.data_dir = data_dir or Path(tempfile.mkdtemp(prefix="imagegate-gw-"))
-        self.env = {**os.environ, **env, "IMAGEGATE_DATA_DIR": str(self.data_dir),
-                    "IMAGEGATE_LOG_LEVEL": "warning"}  # fmt: skip
+        self.env = {
+            **os.environ,
+            **env,
+            "IMAGEGATE_DATA_DIR": str(self.data_dir),
+            "IMAGEGATE_LOG_LEVEL": "warning",
+        }
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = self.data_dir / "gateway.log"
 
@@ -54,10 +64,23 @@ class GatewayProcess:
     def start(self, timeout: float = 30) -> GatewayProcess:
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "app", "serve", "--host", "127.0.0.1",
-                 "--port", str(self.port), "--config", str(self.config)],
-                env=self.env, stdout=log, stderr=subprocess.STDOUT, cwd=str(ROOT),
-            )  # fmt: skip
+                [
+                    sys.executable,
+                    "-m",
+                    "app",
+                    "serve",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(self.port),
+                    "--config",
+                    str(self.config),
+                ],
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=str(ROOT),
+            )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
