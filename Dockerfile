@@ -15,10 +15,10 @@ RUN groupadd --system --gid 10001 imagegate \
  && mkdir -p /data /app/config && chown imagegate:imagegate /data
 COPY --from=build /install /usr/local
 COPY config/gateway.yaml /app/config/gateway.yaml
-USER imagegate
+USER 10001:10001
 WORKDIR /data
 VOLUME ["/data"]
 EXPOSE 8000
 HEALTHCHECK --interval=15s --timeout=3s --start-period=10s --retries=3 \
-  CMD python -c "import urllib.request,sys; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=2).status == 200 else 1)"
+  CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=2)"]
 CMD ["imagegate", "serve", "--host", "0.0.0.0", "--port", "8000"]

@@ -13,6 +13,7 @@ lint:
 	python3 -m ruff check .
 	python3 -m ruff format --check .
 	python3 -m mypy app
+	hadolint Dockerfile
 
 format:
 	python3 -m ruff format .
@@ -20,6 +21,7 @@ format:
 
 typecheck:
 	python3 -m mypy app
+	hadolint Dockerfile
 
 bench:
 	python3 -m bench

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import io
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -45,9 +46,9 @@ def assert_error(r: httpx.Response, status: int, code: str, param: str | None = 
 
 
 @pytest.fixture
-def admin(stack: Stack) -> httpx.Client:
+def admin(stack: Stack) -> Iterator[httpx.Client]:
     with stack.admin() as c:
-        yield c  # type: ignore[misc]
+        yield c
 
 
 # --- admin auth -----------------------------------------------------------------------------
