@@ -277,7 +277,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return int(args.fn(args))
+    try:
+        return int(args.fn(args))
+    except BrokenPipeError:  # `imagegate usage --records | head`
+        sys.stderr.close()
+        return 0
 
 
 if __name__ == "__main__":

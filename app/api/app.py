@@ -52,10 +52,14 @@ def create_app(
     @app.exception_handler(RequestValidationError)
     async def on_validation(request: Request, exc: RequestValidationError) -> JSONResponse:
         first = exc.errors()[0] if exc.errors() else {}
-        loc = [str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path")]
+        if first.get("type") == "json_invalid":
+            return error_response(request, GatewayError("bad_request", "malformed JSON body"))
+        loc = [p for p in first.get("loc", ()) if isinstance(p, str)]
+        loc = [p for p in loc if p not in ("body", "query", "path")]
         msg = first.get("msg", "invalid request")
         param = ".".join(loc) or None
-        return error_response(request, GatewayError("bad_request", f"{param}: {msg}", param=param))
+        text = f"{param}: {msg}" if param else msg
+        return error_response(request, GatewayError("bad_request", text, param=param))
 
     @app.exception_handler(HTTPException)
     async def on_http(request: Request, exc: HTTPException) -> JSONResponse:

@@ -76,7 +76,11 @@ class KeyAdmin:
         self.known_models = known_models
 
     def _check_models(self, models: list[str] | None) -> None:
-        if models is None or self.known_models is None:
+        if models is None:
+            return
+        if not models:
+            raise bad_request("models must not be empty (omit it to allow every model)", "models")
+        if self.known_models is None:
             return
         unknown = sorted(set(models) - self.known_models)
         if unknown:

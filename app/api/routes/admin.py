@@ -10,7 +10,7 @@ import io
 from typing import Any, Literal
 
 from fastapi import APIRouter, Request
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictInt
 from starlette.responses import Response
 
 from app.api.deps import require_admin
@@ -36,16 +36,16 @@ Credits = Any
 class KeyCreate(_Body):
     name: str = Field(min_length=1, max_length=200)
     credits: Credits = 0
-    rpm: int | None = Field(None, ge=1)
-    max_concurrency: int | None = Field(None, ge=1)
+    rpm: StrictInt | None = Field(None, ge=1)
+    max_concurrency: StrictInt | None = Field(None, ge=1)
     models: list[str] | None = None
     expires_at: float | str | None = None
 
 
 class KeyUpdate(_Body):
     name: str | None = Field(None, min_length=1, max_length=200)
-    rpm: int | None = Field(None, ge=1)
-    max_concurrency: int | None = Field(None, ge=1)
+    rpm: StrictInt | None = Field(None, ge=1)
+    max_concurrency: StrictInt | None = Field(None, ge=1)
     models: list[str] | None = None
     expires_at: float | str | None = None
     disabled: bool | None = None
