@@ -105,7 +105,7 @@ http {{
     location @openai {{ return 200 {openai}; }}
     location @gemini {{ return 200 {gemini}; }}
     location = /_read_body {{ internal; return 204; }}
-    location /files/ {{ alias {files}/; default_type image/png; }}
+    location ~ ^/files/(noise-[0-9]+[.]png)$ {{ alias {files}/$1; default_type image/png; }}
     location = /healthz {{ return 200 'ok'; }}
   }}
 }}

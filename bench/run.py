@@ -112,10 +112,12 @@ def main(argv: list[str] | None = None) -> int:
     settings = (
         f"{duration:g} s per run, {reps} repetition(s) per side, direct and gateway alternating, "
         f"1 s unrecorded warm-up per side; wrk 1 thread; images {small.size:,} B and "
-        f"{large.size:,} B (PNG of noise)"
+        f"{large.size:,} B (PNG of noise); values are median (min-max) of the repetitions, "
+        "latency cost = median(gateway) - median(direct) of the same percentile"
     )
     report = Report(machine_facts(gwmod.REPO, tools), settings)
     failed: list[str] = []
+    interrupted = False
     sup = Supervisor(run_dir / "logs", keep=args.keep)
     try:
         with sup.running():
@@ -147,12 +149,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\nerror: {exc}")
         return 2
     except KeyboardInterrupt:
-        print("\ninterrupted; servers stopped")
+        print("\ninterrupted; servers stopped (partial results are not saved)")
+        interrupted = True
         return 130
     finally:
         if report.rows:
             print("\n" + report.markdown())
-            if not args.no_save:
+            if not (args.no_save or interrupted):
                 print(f"saved {save(report, gwmod.REPO)}")
     return 1 if failed else 0
 
