@@ -29,7 +29,13 @@ def _settings(args: argparse.Namespace) -> Settings:
 def cmd_serve(args: argparse.Namespace) -> int:
     from app.server import serve
 
-    return serve(_settings(args), host=args.host, port=args.port, explicit_config=args.config)
+    return serve(
+        _settings(args),
+        host=args.host,
+        port=args.port,
+        explicit_config=args.config,
+        workers=args.workers,
+    )
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
@@ -209,6 +215,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--port", type=int, default=8000)
     s.add_argument(
         "--config", help="YAML config (default: $IMAGEGATE_CONFIG or config/gateway.yaml)"
+    )
+    s.add_argument(
+        "--workers", type=int, default=1, help="gateway processes sharing the port (one per core)"
     )
     s.set_defaults(fn=cmd_serve)
 

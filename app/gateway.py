@@ -140,6 +140,7 @@ class Gateway:
         if workers and self.worker is not None:
             self._tasks.append(asyncio.create_task(self.worker.run(self._stop)))
         self._tasks.append(asyncio.create_task(self.deliverer.run(self._stop)))
+        self._tasks.append(asyncio.create_task(self.service.recorder.run(self._stop)))
         self._tasks.append(asyncio.create_task(self._every(
             self.config.metering.sweep_interval_s, self.meter.sweep)))  # fmt: skip
         self._tasks.append(asyncio.create_task(self._every(

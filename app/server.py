@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import signal
 import socket
 import sys
+from typing import Any
 
 import uvicorn
 
@@ -42,48 +45,142 @@ def point_at_simulator(config: GatewayConfig, names: list[str], sim_url: str) ->
     return config.model_copy(update={"upstreams": upstreams})
 
 
-def serve(settings: Settings, *, host: str, port: int, explicit_config: str | None = None) -> int:
+def _run(coro: Any) -> None:
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency via uvicorn[standard]
+        asyncio.run(coro)
+        return
+    uvloop.run(coro)
+
+
+def serve(
+    settings: Settings,
+    *,
+    host: str,
+    port: int,
+    explicit_config: str | None = None,
+    workers: int = 1,
+) -> int:
     setup_logging(settings.log_level)
     try:
         config = load_config(settings, explicit_config)
     except ConfigError as exc:
         print(f"config error: {exc}", file=sys.stderr)
         return 2
-    try:
-        import uvloop
-
-        uvloop.run(_main(settings, config, host, port))
-    except ImportError:
-        asyncio.run(_main(settings, config, host, port))
-    return 0
+    if workers <= 1:
+        _run(_main(settings, config, host, port))
+        return 0
+    return _serve_forked(settings, config, host, port, workers)
 
 
-async def _main(settings: Settings, config: GatewayConfig, host: str, port: int) -> None:
+def _serve_forked(
+    settings: Settings, config: GatewayConfig, host: str, port: int, workers: int
+) -> int:
+    """N gateway processes accepting on one shared socket (one per core): the same
+    multi-replica layout as several machines sharing a store, on one machine."""
+    from app.gateway import ensure_admin_key
+
+    # Decided once, before forking, so the workers don't race to generate it.
+    settings.admin_key = ensure_admin_key(settings)
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    children: list[int] = []
+    simulated = simulated_upstreams(config)
+    if simulated:
+        sim_port = _free_port()
+        config = point_at_simulator(config, simulated, f"http://127.0.0.1:{sim_port}")
+        _announce_simulator(simulated, f"http://127.0.0.1:{sim_port}")
+        children.append(_fork(lambda: _run(_sim_server(sim_port).serve())))
+    for _ in range(workers):
+        children.append(_fork(lambda: _run(_main(settings, config, host, port, sockets=[sock],
+                                                 simulate=False))))  # fmt: skip
+    log.info("gateway.workers", extra=fields(workers=workers, pids=children))
+
+    def forward(signum: int, _frame: Any) -> None:
+        for pid in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signum)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    status = 0
+    for pid in children:
+        while True:
+            try:
+                _, code = os.waitpid(pid, 0)
+                break
+            except ChildProcessError:
+                code = 0
+                break
+            except InterruptedError:  # pragma: no cover - PEP 475 retries for us
+                continue
+        if os.waitstatus_to_exitcode(code) not in (0, -signal.SIGTERM, -signal.SIGINT):
+            status = 1
+    sock.close()
+    return status
+
+
+def _fork(target: Any) -> int:
+    pid = os.fork()
+    if pid == 0:  # child
+        code = 0
+        try:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+            target()
+        except BaseException:
+            log.exception("worker.crashed")
+            code = 1
+        finally:
+            os._exit(code)
+    return pid
+
+
+def _sim_server(port: int) -> uvicorn.Server:
+    from app.simulator import create_simulator_app
+
+    return uvicorn.Server(
+        uvicorn.Config(
+            create_simulator_app(), host="127.0.0.1", port=port, log_level="warning",
+            http="httptools", lifespan="off", access_log=False, log_config=None,
+        )
+    )  # fmt: skip
+
+
+def _announce_simulator(simulated: list[str], sim_url: str) -> None:
+    banner = (
+        f"NO UPSTREAM CREDENTIALS for {', '.join(simulated)}: relaying to the built-in "
+        f"SIMULATED upstream at {sim_url} (fake images). Set IMAGEGATE_OPENAI_API_KEY / "
+        "IMAGEGATE_GEMINI_API_KEY for real edits."
+    )
+    log.warning("upstream.simulated", extra=fields(upstreams=simulated, url=sim_url))
+    print("\n" + "!" * 78 + f"\n{banner}\n" + "!" * 78 + "\n", file=sys.stderr, flush=True)
+
+
+async def _main(
+    settings: Settings,
+    config: GatewayConfig,
+    host: str,
+    port: int,
+    *,
+    sockets: list[socket.socket] | None = None,
+    simulate: bool = True,
+) -> None:
     from app.api.app import create_app
     from app.gateway import Gateway
 
     servers: list[uvicorn.Server] = []
-    simulated = simulated_upstreams(config)
+    simulated = simulated_upstreams(config) if simulate else []
     if simulated:
-        from app.simulator import create_simulator_app
-
         sim_port = _free_port()
         sim_url = f"http://127.0.0.1:{sim_port}"
         config = point_at_simulator(config, simulated, sim_url)
-        sim = uvicorn.Server(
-            uvicorn.Config(
-                create_simulator_app(), host="127.0.0.1", port=sim_port, log_level="warning",
-                http="httptools", lifespan="off", access_log=False, log_config=None,
-            )
-        )  # fmt: skip
-        servers.append(sim)
-        banner = (
-            f"NO UPSTREAM CREDENTIALS for {', '.join(simulated)}: relaying to the built-in "
-            f"SIMULATED upstream at {sim_url} (fake images). Set IMAGEGATE_OPENAI_API_KEY / "
-            "IMAGEGATE_GEMINI_API_KEY for real edits."
-        )
-        log.warning("upstream.simulated", extra=fields(upstreams=simulated, url=sim_url))
-        print("\n" + "!" * 78 + f"\n{banner}\n" + "!" * 78 + "\n", file=sys.stderr, flush=True)
+        servers.append(_sim_server(sim_port))
+        _announce_simulator(simulated, sim_url)
 
     gateway = Gateway(settings, config)
     store_kind = "redis" if settings.redis_url else f"sqlite at {gateway.data_dir}/imagegate.db"
@@ -99,7 +196,8 @@ async def _main(settings: Settings, config: GatewayConfig, host: str, port: int)
         )
     )  # fmt: skip
     servers.append(main)
-    tasks = [asyncio.create_task(s.serve()) for s in servers]
+    tasks = [asyncio.create_task(s.serve()) for s in servers[:-1]]
+    tasks.append(asyncio.create_task(main.serve(sockets=sockets)))
     try:
         await tasks[-1]
     finally:

@@ -166,6 +166,7 @@ class Gateway:
     managed: Managed | None = None
     token: str = ""
     key_source: str = ""
+    workers: int = 1  # `imagegate serve --workers`: gateway processes sharing the port
 
     @property
     def base(self) -> str:
@@ -222,6 +223,7 @@ def start_gateway(sup: Supervisor, gw: Gateway) -> None:
         "--host", "127.0.0.1",
         "--port", str(gw.port),
         "--config", str(gw.config),
+        "--workers", str(gw.workers),
     ]  # fmt: skip
     gw.managed = sup.start("gateway", argv, env=gw.env, cwd=REPO)
     deadline = time.monotonic() + 60

@@ -63,6 +63,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--inflight-large", type=int, default=None, help="(d) 8 MB requests (50)")
     p.add_argument("--slow-delay", type=float, default=30.0, help="slow upstream's longest hold")
     p.add_argument("--no-save", action="store_true", help="print the table, don't save it")
+    p.add_argument(
+        "--workers", type=int, default=2, help="gateway processes (imagegate serve --workers)"
+    )
     return p.parse_args(argv)
 
 
@@ -211,7 +214,10 @@ def _start_servers(
     ctx.redis = gwmod.start_redis(sup, tools["redis-server"], run_dir)
     config = gwmod.write_config(run_dir, mock.base, f"http://127.0.0.1:{slow_port}")
     gw = gwmod.Gateway(
-        free_port(), gwmod.gateway_env(run_dir, config, ctx.redis, mock.base), config
+        free_port(),
+        gwmod.gateway_env(run_dir, config, ctx.redis, mock.base),
+        config,
+        workers=args.workers,
     )
     print(f"starting imagegate serve on {gw.base} ...", flush=True)
     gwmod.start_gateway(sup, gw)

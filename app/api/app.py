@@ -11,7 +11,7 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
 
 from app import __version__
-from app.api.middleware import RequestContextMiddleware
+from app.api.middleware import FastRoutes, RequestContextMiddleware
 from app.api.responses import JSONResponse, error_response
 from app.api.routes import admin, edits, files, health, me, tasks
 from app.core.config import GatewayConfig, Settings
@@ -70,5 +70,6 @@ def create_app(
 
     for module in (edits, files, health, me, tasks, admin):
         app.include_router(module.router)
-    app.add_middleware(RequestContextMiddleware)
+    app.add_middleware(FastRoutes, routes=edits.FAST_ROUTES)
+    app.add_middleware(RequestContextMiddleware)  # added last: outermost of the two
     return app

@@ -34,6 +34,7 @@ from app.results import ResultStore
 from app.store.base import ApiKey
 from app.tasks.base import Task, TaskQueue
 from app.tasks.payload import decode_request, encode_request, request_fingerprint
+from app.tasks.recorder import TaskRecorder
 
 log = get_logger("imagegate.edit")
 
@@ -84,7 +85,7 @@ class EditService:
         self.results = results
         self.metrics = metrics
         self.tasks = tasks
-        self._background: set[asyncio.Task[Any]] = set()
+        self.recorder = TaskRecorder(tasks)
 
     # --- checks, before any credit moves -------------------------------------------------
     def adapter_for(self, model: str) -> Adapter:
@@ -214,21 +215,13 @@ class EditService:
         result: dict[str, Any] | None = None,
         error: dict[str, Any] | None = None,
     ) -> None:
-        """Keep a synchronous request as a finished task (GET /v1/tasks), off the hot path."""
+        """Keep a synchronous request as a finished task (GET /v1/tasks), batched."""
         task = Task(
             id=task_id, key_id=hold.key_id, trace_id=hold.trace_id, model=hold.model,
             created=started, started=started, finished=time.time(), attempts=1,
             status="succeeded" if result is not None else "failed", result=result, error=error,
         )  # fmt: skip
-        job = asyncio.create_task(self._safe_record(task))
-        self._background.add(job)
-        job.add_done_callback(self._background.discard)
-
-    async def _safe_record(self, task: Task) -> None:
-        try:
-            await self.tasks.record(task)
-        except Exception:
-            log.warning("task.record.failed", extra=fields(trace_id=task.trace_id))
+        self.recorder.add(task)
 
     async def _enqueue(self, prep: Prepared, hold: Hold, task_id: str, ctx: EditContext) -> None:
         task = Task(

@@ -134,10 +134,13 @@ class TaskQueue(Protocol):
         ...
 
     async def record(self, task: Task) -> None:
-        """Store a task record that is *not* queued: a synchronous request, so that
+        """Store a finished task that was *not* queued: a synchronous request, so that
         `GET /v1/tasks/{id}` answers for it too. Overwrites; never claimed or delivered;
-        expires like a finished task. Call once with the final status (or with `running`
-        and then `finish`)."""
+        expires like a finished task. Only final statuses (ValueError otherwise)."""
+        ...
+
+    async def record_many(self, tasks: list[Task]) -> None:
+        """`record` for several tasks in one round trip (synchronous requests, batched)."""
         ...
 
     async def claim(

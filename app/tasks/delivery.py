@@ -100,7 +100,9 @@ class CallbackDeliverer:
         self._sem = asyncio.Semaphore(concurrency)
         self._kick = asyncio.Event()
         # a claimed attempt is someone else's again after this (a crash mid-POST -> retry)
-        self.claim_lease_s = config.timeout_s + 30
+        # Long enough for one POST (its timeout) to finish; short enough that a delivery
+        # claimed by a process that died is retried soon.
+        self.claim_lease_s = config.timeout_s * 2 + 5
 
     def kick(self) -> None:
         """Look for due deliveries now (a task in this process just finished)."""

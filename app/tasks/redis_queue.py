@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+from dataclasses import asdict
 from typing import Any
 
 import orjson
@@ -166,6 +167,15 @@ def _json(v: bytes | None) -> Any:
     return orjson.loads(v) if v else None
 
 
+# Records of synchronous requests: one JSON string per task, a whole batch in one call.
+_RECORD_MANY = """
+for i, key in ipairs(KEYS) do
+  redis.call('SET', key, ARGV[i + 1], 'EX', ARGV[1])
+end
+return #KEYS
+"""
+
+
 def task_from_hash(h: dict[bytes, bytes]) -> Task:
     """A Task from its Redis hash (bytes keys and values, as read without decoding)."""
     return Task(
@@ -217,6 +227,7 @@ class RedisTaskQueue:
         self._finish = client.register_script(_FINISH)
         self._claim_due = client.register_script(_CLAIM_DUE)
         self._record = client.register_script(_RECORD_DELIVERY)
+        self._record_many = client.register_script(_RECORD_MANY)
         self._idem_begin = client.register_script(_IDEM_BEGIN)
         self._idem_finish = client.register_script(_IDEM_FINISH)
         self._idem_abort = client.register_script(_IDEM_ABORT)
@@ -274,33 +285,22 @@ class RedisTaskQueue:
         await self._enqueue(keys=[self.task_key(task.id), self.stream], args=[task.id, *flat])
 
     async def record(self, task: Task) -> None:
-        fields: dict[Any, Any] = {
-            "id": task.id,
-            "key_id": task.key_id,
-            "trace_id": task.trace_id,
-            "model": task.model,
-            "created": repr(task.created),
-            "status": task.status,
-            "attempts": str(task.attempts),
-            "delivery_attempts": str(task.delivery_attempts),
-            "delivered": "1" if task.delivered else "0",
-            "undelivered": "1" if task.undelivered else "0",
-        }
-        optional = {
-            "started": repr(task.started) if task.started is not None else None,
-            "finished": repr(task.finished) if task.finished is not None else None,
-            "callback_url": task.callback_url,
-            "result": orjson.dumps(task.result) if task.result is not None else None,
-            "error": orjson.dumps(task.error) if task.error is not None else None,
-            "last_delivery": orjson.dumps(task.last_delivery) if task.last_delivery else None,
-        }
-        fields.update({k: v for k, v in optional.items() if v is not None})
-        key = self.task_key(task.id)
-        async with self.r.pipeline(transaction=True) as pipe:
-            pipe.delete(key)
-            pipe.hset(key, mapping=fields)
-            pipe.expire(key, self.task_ttl_s)
-            await pipe.execute()
+        await self.record_many([task])
+
+    async def record_many(self, tasks: list[Task]) -> None:
+        """Store finished tasks that never went through the queue: one EVALSHA per batch,
+        one JSON string per task (a hash of fields per task cost ~0.2 ms per request)."""
+        if any(t.status not in FINAL_STATUSES for t in tasks):
+            raise ValueError("only finished tasks are recorded")
+        if not tasks:
+            return
+        await self._record_many(
+            keys=[self.record_key(t.id) for t in tasks],
+            args=[self.task_ttl_s, *(orjson.dumps(asdict(t)) for t in tasks)],
+        )
+
+    def record_key(self, task_id: str) -> str:
+        return f"{self._q}rec:{task_id}"
 
     async def _autoclaim(self, worker_id: str, lease_ms: int) -> tuple[str, str] | None:
         for _ in range(_AUTOCLAIM_ROUNDS):
@@ -406,7 +406,10 @@ class RedisTaskQueue:
 
     async def get(self, task_id: str) -> Task | None:
         h: dict[bytes, bytes] = await self.r.hgetall(self.task_key(task_id))  # type: ignore[assignment]
-        return task_from_hash(h) if h else None
+        if h:
+            return task_from_hash(h)
+        raw = await self.r.get(self.record_key(task_id))
+        return Task(**orjson.loads(raw)) if raw else None
 
     async def queue_depth(self) -> int:
         return int(await self.r.xlen(self.stream))

@@ -8,6 +8,11 @@ Why this exists rather than a bare `httpx.AsyncClient` per call:
 - retries only where they are safe and useful: 429, 5xx, connection errors and timeouts. Other 4xx
   mean the request itself is wrong and would fail again, so they go straight back to the adapter;
 - the credential lives only here: adapters never see the API key, and nothing here logs headers.
+
+The buffered `request()` path (every non-streaming edit) goes through `Http11Pool`, a lean
+asyncio + httptools HTTP/1.1 client: the body is built in memory and the answer is read whole,
+so httpx's layers (httpcore, anyio, h11) cost far more CPU than they buy there. httpx stays for
+`stream()` (SSE edits are rare) and whenever a custom `transport` is injected (tests).
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import orjson
 
 from app.core.config import GatewayConfig, UpstreamConfig
 from app.core.errors import GatewayError
+from app.upstream.http11 import Http11Pool
 
 log = logging.getLogger("imagegate.upstream")
 
@@ -64,7 +70,7 @@ class UpstreamResponse:
     """A fully read upstream answer: the adapter decides what its status means."""
 
     status: int
-    headers: httpx.Headers
+    headers: Mapping[str, str]  # case-insensitive: `httpx.Headers` or `Http11Headers`
     body: bytes
     elapsed: float  # seconds from the first attempt to the final answer
     attempts: int = 1
@@ -184,6 +190,18 @@ class UpstreamClient:
             headers={"user-agent": USER_AGENT},
             follow_redirects=False,
         )
+        # The fast path for buffered requests; an injected transport keeps httpx in charge so
+        # tests that mock the transport still see every request.
+        self._pool: Http11Pool | None = None
+        if transport is None:
+            self._pool = Http11Pool(
+                self.base_url,
+                max_connections=config.max_concurrency,
+                connect_timeout_s=config.connect_timeout_s,
+                timeout_s=config.timeout_s,
+                keepalive_expiry_s=60.0,
+                user_agent=USER_AGENT,
+            )
 
     def __repr__(self) -> str:  # never the key
         return f"UpstreamClient({self.name!r}, kind={self.kind!r}, base_url={self.base_url!r})"
@@ -215,10 +233,23 @@ class UpstreamClient:
             merged[key] = value  # case-insensitive replace: callers cannot override the credential
         return merged, content
 
-    def _should_retry(self, response: httpx.Response) -> bool:
-        if response.headers.get("x-should-retry", "").lower() == "false":
+    def _prepare_fast(
+        self, headers: Mapping[str, str] | None, content: bytes | None, json: Any
+    ) -> tuple[dict[str, str], bytes | None]:
+        """`_prepare` for the `Http11Pool` path: same merge rules, a plain dict instead of
+        `httpx.Headers` (names lower-cased, so the replace stays case-insensitive)."""
+        merged = {k.lower(): v for k, v in headers.items()} if headers else {}
+        if json is not None:
+            content = orjson.dumps(json)
+            merged.setdefault("content-type", "application/json")
+        merged.update(self._auth)  # the keys are lower-case: callers cannot override them
+        return merged, content
+
+    @staticmethod
+    def _should_retry(status: int, headers: Mapping[str, str]) -> bool:
+        if status != 429 and status < 500:
             return False
-        return response.status_code == 429 or response.status_code >= 500
+        return headers.get("x-should-retry", "").lower() != "false"
 
     def _delay(self, attempt: int, headers: Mapping[str, str] | None = None) -> float:
         """Retry-After when given (capped), else exponential backoff with equal jitter."""
@@ -249,7 +280,13 @@ class UpstreamClient:
         Raises `GatewayError` only when no answer was obtained: 504 `upstream_timeout` after
         timeouts, 502 `api_error` after connection failures.
         """
-        req_headers, body = self._prepare(headers, content, json)
+        pool = self._pool
+        req_headers: Mapping[str, str]
+        resp_headers: Mapping[str, str]
+        if pool is not None:
+            req_headers, body = self._prepare_fast(headers, content, json)
+        else:
+            req_headers, body = self._prepare(headers, content, json)
         url = self.url(path)
         attempts = self.config.retries + 1
         start = time.monotonic()
@@ -257,7 +294,18 @@ class UpstreamClient:
             last = attempt == attempts - 1
             try:
                 async with self._sem:
-                    resp = await self._http.request(method, url, headers=req_headers, content=body)
+                    if pool is not None:
+                        answer = await pool.request(method, url, headers=req_headers, body=body)
+                        status, resp_headers, resp_body = answer.status, answer.headers, answer.body
+                    else:
+                        resp = await self._http.request(
+                            method, url, headers=req_headers, content=body
+                        )
+                        status, resp_headers, resp_body = (
+                            resp.status_code,
+                            resp.headers,
+                            resp.content,
+                        )
             except httpx.TimeoutException as exc:
                 if last:
                     raise self._timeout_error() from exc
@@ -275,19 +323,19 @@ class UpstreamClient:
                 )
                 await asyncio.sleep(self._delay(attempt))
                 continue
-            if not last and self._should_retry(resp):
+            if not last and self._should_retry(status, resp_headers):
                 log.warning(
                     "upstream %s answered %d (attempt %d), retrying",
                     self.name,
-                    resp.status_code,
+                    status,
                     attempt + 1,
                 )
-                await asyncio.sleep(self._delay(attempt, resp.headers))
+                await asyncio.sleep(self._delay(attempt, resp_headers))
                 continue
             return UpstreamResponse(
-                status=resp.status_code,
-                headers=resp.headers,
-                body=resp.content,
+                status=status,
+                headers=resp_headers,
+                body=resp_body,
                 elapsed=time.monotonic() - start,
                 attempts=attempt + 1,
             )
@@ -337,7 +385,7 @@ class UpstreamClient:
             except BaseException:
                 self._sem.release()
                 raise
-            if not last and self._should_retry(resp):
+            if not last and self._should_retry(resp.status_code, resp.headers):
                 await resp.aclose()
                 self._sem.release()
                 await asyncio.sleep(self._delay(attempt, resp.headers))
@@ -366,7 +414,11 @@ class UpstreamClient:
             self._sem.release()
 
     async def aclose(self) -> None:
-        await self._http.aclose()
+        try:
+            await self._http.aclose()
+        finally:
+            if self._pool is not None:
+                await self._pool.aclose()
 
     async def __aenter__(self) -> UpstreamClient:
         return self

@@ -12,6 +12,7 @@ from typing import Any
 
 import httpx
 import pytest
+import redis
 
 from app.core.config import CallbacksConfig, TasksConfig
 from app.simulator import create_simulator_app
@@ -238,7 +239,16 @@ def test_kill9_with_tasks_in_flight(tmp_path: Path, redis_server: RedisServer) -
             gw.kill()
             assert rx.deliveries == []
             gw = GatewayProcess(config, env=env, data_dir=gw.data_dir).start()
-            rx.wait_for(20, timeout=60)
+            try:
+                rx.wait_for(20, timeout=60)
+            except TimeoutError:
+                seen = {json.loads(d.body)["task_id"] for d in rx.deliveries}
+                now_at = type("S", (), {"url": gw.url})()
+                states = {i: get_task(now_at, key, i).json() for i in ids if i not in seen}  # type: ignore[arg-type]
+                rc = redis.Redis.from_url(redis_server.url)
+                pend = rc.xpending_range("ig:{q}:stream", "workers", "-", "+", 100)
+                hashes = {i: rc.hgetall(f"ig:{{q}}:task:{i}") for i in states}
+                raise AssertionError(f"undelivered: {states}\nPEL {pend}\nH {hashes}") from None
             got = {json.loads(d.body)["task_id"] for d in rx.deliveries}
             assert got == set(ids)
             assert all(json.loads(d.body)["success"] for d in rx.deliveries)

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request
 from starlette.responses import Response, StreamingResponse
+from starlette.types import Receive, Scope, Send
 
 from app.api.body import parse_edit_body
 from app.api.deps import base_url, gateway
-from app.api.responses import JSONResponse, trace_id_of
+from app.api.responses import JSONResponse, error_response, trace_id_of
+from app.core.errors import GatewayError
 from app.domain.service import EditContext
 
 router = APIRouter(tags=["images"])
@@ -66,7 +68,20 @@ async def edit_image(request: Request) -> Response:
     return JSONResponse(reply.body, headers=reply.headers)
 
 
-for _path in ("/v1/images/edits", "/v1/openai/images/edits"):
+async def edit_asgi(scope: Scope, receive: Receive, send: Send) -> None:
+    """The same handler as a pure ASGI app, for `FastRoutes` (no framework layers)."""
+    request = Request(scope, receive)
+    try:
+        response = await edit_image(request)
+    except GatewayError as exc:
+        response = error_response(request, exc)
+    await response(scope, receive, send)
+
+
+PATHS = ("/v1/images/edits", "/v1/openai/images/edits")
+FAST_ROUTES = {("POST", path): edit_asgi for path in PATHS}
+
+for _path in PATHS:
     router.add_api_route(
         _path,
         edit_image,
