@@ -182,6 +182,7 @@ async def _main(
         servers.append(_sim_server(sim_port))
         _announce_simulator(simulated, sim_url)
 
+    _dump_tasks_on_sigusr1()
     gateway = Gateway(settings, config)
     store_kind = "redis" if settings.redis_url else f"sqlite at {gateway.data_dir}/imagegate.db"
     log.info("gateway.start", extra=fields(host=host, port=port, store=store_kind,
@@ -206,6 +207,22 @@ async def _main(
         for t in tasks:
             with contextlib.suppress(BaseException):
                 await t
+
+
+def _dump_tasks_on_sigusr1() -> None:
+    """`kill -USR1 <pid>` logs every asyncio task's stack: what a stuck request waits on."""
+    loop = asyncio.get_running_loop()
+
+    def dump() -> None:
+        import io
+
+        for task in asyncio.all_tasks(loop):
+            buf = io.StringIO()
+            task.print_stack(limit=30, file=buf)
+            log.warning("task.stack", extra=fields(task=task.get_name(), stack=buf.getvalue()))
+
+    with contextlib.suppress(NotImplementedError, RuntimeError):
+        loop.add_signal_handler(signal.SIGUSR1, dump)
 
 
 def work(settings: Settings, *, explicit_config: str | None = None) -> int:

@@ -77,9 +77,12 @@ class TaskWorker:
         self.purge_every_s = purge_every_s
 
     # --- one task
-    async def _renew(self, task: Task) -> None:
+    async def _renew(self, task: Task, done: asyncio.Event) -> None:
         while True:
-            await asyncio.sleep(self.heartbeat_s)
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(done.wait(), timeout=self.heartbeat_s)
+            if done.is_set():
+                return
             now = self.clock()
             try:
                 held = await self.queue.heartbeat(task.id, self.worker_id, now=now)
@@ -90,6 +93,8 @@ class TaskWorker:
                 # Another worker took it (we stalled past the lease). Let the handler finish:
                 # finish() is first-wins and settle is once per task, so this is only waste.
                 log.warning("lease lost", extra={"task_id": task.id, "trace_id": task.trace_id})
+                return
+            if done.is_set():
                 return
             await self._lease_hook(task, now + self.lease_s)
 
@@ -120,13 +125,17 @@ class TaskWorker:
         """Run one claimed task to its end. True if this run's outcome was the one recorded."""
         task = claimed.task
         await self._lease_hook(task, self.clock() + self.lease_s)
-        renew = asyncio.create_task(self._renew(task))
+        done = asyncio.Event()
+        renew = asyncio.create_task(self._renew(task, done))
         try:
             result, error = await self._call_handler(claimed)
         finally:
+            # Stop renewing by event, not only by cancel: on Python 3.11 a cancel that lands
+            # inside a client library's timeout block can be swallowed, and an unbounded
+            # `await renew` then hung the task forever (seen after a kill -9 recovery).
+            done.set()
             renew.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await renew
+            await asyncio.wait({renew}, timeout=5)
         first = await self.queue.finish(task.id, result=result, error=error, now=self.clock())
         if first:
             self.metrics.task_finished("failed" if error is not None else "succeeded")
