@@ -135,7 +135,7 @@ class TaskWorker:
             # `await renew` then hung the task forever (seen after a kill -9 recovery).
             done.set()
             renew.cancel()
-            await asyncio.wait({renew}, timeout=5)
+            await asyncio.wait({renew}, timeout=1)
         first = await self.queue.finish(task.id, result=result, error=error, now=self.clock())
         if first:
             self.metrics.task_finished("failed" if error is not None else "succeeded")
