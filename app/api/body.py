@@ -20,18 +20,19 @@ identifies images by their bytes.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final
 
 import orjson
-from python_multipart.exceptions import FormParserError
-from python_multipart.multipart import MultipartParser, parse_options_header
 
+from app.api.multipart import (
+    Callbacks,
+    FastMultipartParser,
+    MultipartError,
+    parse_options_header,
+)
 from app.core.config import LimitsConfig
 from app.core.errors import GatewayError, bad_request, too_large
 from app.domain.edit import BodyKind, EditRequest, ImageRef
-
-if TYPE_CHECKING:
-    from python_multipart.multipart import MultipartCallbacks
 
 __all__ = ["MAX_PROMPT_CHARS", "MAX_TEXT_PART_BYTES", "parse_edit_body"]
 
@@ -268,7 +269,7 @@ class _Multipart:
         self.size = 0
         self.pieces: list[bytes | memoryview] = []
 
-    def callbacks(self) -> MultipartCallbacks:
+    def callbacks(self) -> Callbacks:
         return {
             "on_part_begin": self._reset_part,
             "on_header_field": self.on_header_field,
@@ -462,8 +463,8 @@ async def _parse_multipart(
 ) -> EditRequest:
     collector = _Multipart(limits)
     try:
-        parser = MultipartParser(boundary, collector.callbacks())
-    except FormParserError:
+        parser = FastMultipartParser(boundary, collector.callbacks())
+    except MultipartError:
         raise bad_request("multipart boundary is too long") from None
     max_body = limits.max_body_bytes
     total = 0
@@ -480,7 +481,7 @@ async def _parse_multipart(
             collector.chunk = chunk
             collector.view = memoryview(chunk)
             write(chunk)
-    except FormParserError:
+    except MultipartError:
         raise bad_request("malformed multipart body") from None
     finally:
         collector.chunk = b""

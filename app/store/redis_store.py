@@ -51,6 +51,7 @@ from redis import exceptions as rexc
 from redis.asyncio.connection import BlockingConnectionPool
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.commands.core import AsyncScript
 
 from app.store.base import (
     CONCURRENCY_RETRY_S,
@@ -67,8 +68,14 @@ from app.store.base import (
     check_key_id,
     utc_day,
 )
+from app.store.resp import RespClient, RespError
 
 # Errors that mean "the store is not reachable or not serving writes right now".
+# Error replies that mean "not now" rather than "wrong": the gateway answers 503.
+_UNAVAILABLE_REPLIES = frozenset(
+    {"LOADING", "READONLY", "MASTERDOWN", "CLUSTERDOWN", "TRYAGAIN", "BUSY", "NOREPLICAS"}
+)
+
 _UNAVAILABLE: tuple[type[BaseException], ...] = (
     rexc.ConnectionError,  # includes BusyLoadingError (AOF still loading)
     rexc.TimeoutError,
@@ -236,6 +243,22 @@ class RedisStore:
         self._create = self._r.register_script(_plain_script("create_key"))
         self._update = self._r.register_script(_plain_script("update_key"))
         self._delete = self._r.register_script(_plain_script("delete_key"))
+        # The two calls every edit makes go through a lean pipelined client (see resp.py).
+        self._fast = (
+            RespClient(url, timeout_s=socket_timeout) if url.startswith("redis://") else None
+        )
+
+    async def _hot(self, script: AsyncScript, *, keys: list[str], args: list[Any]) -> Any:
+        if self._fast is None:
+            return await script(keys=keys, args=args)
+        try:
+            return await self._fast.evalsha(script.sha, str(script.script), keys, args)
+        except (ConnectionError, TimeoutError, OSError) as exc:
+            raise StoreUnavailable(f"redis unavailable: {exc}") from exc
+        except RespError as exc:
+            if str(exc).split(" ", 1)[0] in _UNAVAILABLE_REPLIES:
+                raise StoreUnavailable(f"redis unavailable: {exc}") from exc
+            raise rexc.ResponseError(str(exc)) from exc
 
     # --- key names
 
@@ -275,6 +298,8 @@ class RedisStore:
             return False
 
     async def close(self) -> None:
+        if self._fast is not None:
+            await self._fast.aclose()
         await self._r.aclose()
         await self._r.connection_pool.disconnect()
 
@@ -405,7 +430,8 @@ class RedisStore:
         except ValueError:
             return Admission("invalid_token", 0, rpm, 0, 0.0)
         async with self._guard():
-            status, balance, limit, remaining, reset_s, retry_s = await self._admit(
+            status, balance, limit, remaining, reset_s, retry_s = await self._hot(
+                self._admit,
                 keys=[
                     self._k(key_id, "key"),
                     self._k(key_id, "win"),
@@ -454,7 +480,8 @@ class RedisStore:
         if charge < 0:
             raise ValueError("charge must be >= 0")
         async with self._guard():
-            charged = await self._settle(
+            charged = await self._hot(
+                self._settle,
                 keys=[
                     self._k(key_id, "key"),
                     self._k(key_id, "res"),

@@ -34,6 +34,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
+from app.core.sqlite import enable_wal
 from app.store.base import (
     CONCURRENCY_RETRY_S,
     EXPIRED_ERROR_CODE,
@@ -258,7 +259,7 @@ class SQLiteStore:
         conn = sqlite3.connect(
             self.path, timeout=self._busy_timeout_s, isolation_level=None, check_same_thread=True
         )
-        conn.execute("PRAGMA journal_mode=WAL")
+        enable_wal(conn, self._busy_timeout_s)
         conn.execute(f"PRAGMA synchronous={self._synchronous}")
         conn.execute(f"PRAGMA busy_timeout={int(self._busy_timeout_s * 1000)}")
         # schema creation is a write: one locked transaction, so processes opening at once agree

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from dataclasses import asdict
+from dataclasses import fields as dataclass_fields
 from typing import Any
 
 import orjson
@@ -176,6 +176,14 @@ return #KEYS
 """
 
 
+_TASK_FIELDS = tuple(f.name for f in dataclass_fields(Task))
+
+
+def _shallow(task: Task) -> dict[str, Any]:
+    """The task's fields as a dict, without `asdict`'s deep copy of the result."""
+    return {name: getattr(task, name) for name in _TASK_FIELDS}
+
+
 def task_from_hash(h: dict[bytes, bytes]) -> Task:
     """A Task from its Redis hash (bytes keys and values, as read without decoding)."""
     return Task(
@@ -296,7 +304,7 @@ class RedisTaskQueue:
             return
         await self._record_many(
             keys=[self.record_key(t.id) for t in tasks],
-            args=[self.task_ttl_s, *(orjson.dumps(asdict(t)) for t in tasks)],
+            args=[self.task_ttl_s, *(orjson.dumps(_shallow(t)) for t in tasks)],
         )
 
     def record_key(self, task_id: str) -> str:

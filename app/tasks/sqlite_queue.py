@@ -33,6 +33,7 @@ from typing import Any, TypeVar
 
 import orjson
 
+from app.core.sqlite import enable_wal
 from app.tasks.base import FINAL_STATUSES, Claimed, DeliveryOutcome, IdemState, Task
 
 T = TypeVar("T")
@@ -136,7 +137,7 @@ class SQLiteTaskQueue:
             conn = sqlite3.connect(
                 self.path, timeout=30, isolation_level=None, check_same_thread=False
             )
-            conn.execute("PRAGMA journal_mode=WAL")
+            enable_wal(conn, 30)
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.execute("PRAGMA busy_timeout=30000")
             self._local.conn = conn

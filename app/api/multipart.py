@@ -1,0 +1,184 @@
+"""A streaming multipart/form-data parser that finds boundaries with `bytes.find`.
+
+The edit endpoint's body is a few text fields and a few large files. A general per-byte state
+machine (python-multipart) spends ~0.2 ms of Python per request on a 100 KB edit; here the
+search for the next delimiter is one C-level `find` per chunk, headers are parsed per line,
+and part data is handed on as (buffer, start, end) slices of the incoming chunks, so a file is
+never copied until its consumer joins it once.
+
+It drives the same callbacks as python-multipart's `MultipartParser` (`on_part_begin`,
+`on_header_field`, `on_header_value`, `on_header_end`, `on_headers_finished`, `on_part_data`,
+`on_part_end`, `on_end`), so the collector in `app/api/body.py` does not care which parser
+feeds it. Malformed input raises `MultipartError`.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from typing import Any, Final
+
+MAX_HEADER_BYTES: Final = 16 * 1024  # one part's header block
+MAX_BOUNDARY: Final = 200  # RFC 2046 allows 70; be lenient, never unbounded
+
+_PREAMBLE, _AFTER_DELIM, _HEADERS, _BODY, _END = range(5)
+
+# `; name="value"` or `; name=token` pairs of a header value (RFC 7578 / 6266 style).
+_PARAM = re.compile(rb';\s*([!#$%&\'*+.^_`|~0-9A-Za-z-]+)\s*=\s*("(?:[^"\\]|\\.)*"|[^;]*)')
+_UNESCAPE = re.compile(rb"\\(.)")
+
+
+class MultipartError(ValueError):
+    """The body is not well-formed multipart/form-data."""
+
+
+def parse_options_header(value: bytes | str) -> tuple[bytes, dict[bytes, bytes]]:
+    """`form-data; name="image"; filename="a.png"` -> (b"form-data", {b"name": ..., ...})."""
+    raw = value.encode("latin-1") if isinstance(value, str) else value
+    head, sep, _ = raw.partition(b";")
+    options: dict[bytes, bytes] = {}
+    if sep:
+        for m in _PARAM.finditer(raw, len(head)):
+            key, val = m.group(1).lower(), m.group(2).strip()
+            if val[:1] == b'"' and val[-1:] == b'"' and len(val) >= 2:
+                val = _UNESCAPE.sub(rb"\1", val[1:-1])
+            options[key] = val
+    return head.strip().lower(), options
+
+
+Callbacks = Mapping[str, Callable[..., Any]]
+
+
+def _noop(*_: Any) -> None:
+    return None
+
+
+class FastMultipartParser:
+    """Feed chunks with `write`; callbacks fire as parts are recognized."""
+
+    def __init__(self, boundary: bytes, callbacks: Callbacks) -> None:
+        if not boundary or len(boundary) > MAX_BOUNDARY:
+            raise MultipartError("bad multipart boundary")
+        self._dash_boundary = b"--" + boundary
+        self._delim = b"\r\n--" + boundary  # what ends a part's data
+        self._keep = len(self._delim) - 1  # bytes that may be a delimiter's start
+        self._state = _PREAMBLE
+        self._buf = b""  # unconsumed bytes carried from earlier chunks (always small)
+        cb = callbacks.get
+        self._on_part_begin = cb("on_part_begin") or _noop
+        self._on_header_field = cb("on_header_field") or _noop
+        self._on_header_value = cb("on_header_value") or _noop
+        self._on_header_end = cb("on_header_end") or _noop
+        self._on_headers_finished = cb("on_headers_finished") or _noop
+        self._on_part_data = cb("on_part_data") or _noop
+        self._on_part_end = cb("on_part_end") or _noop
+        self._on_end = cb("on_end") or _noop
+
+    def write(self, chunk: bytes) -> int:
+        pos = 0
+        if self._state == _BODY and self._buf and len(chunk) >= len(self._delim):
+            # A delimiter may straddle the previous chunk's tail and this chunk: check that
+            # small window, then scan the chunk itself (so its slices stay zero-copy).
+            tail, self._buf = self._buf, b""
+            window = tail + chunk[: len(self._delim)]
+            i = window.find(self._delim)
+            if 0 <= i < len(tail):
+                if i:
+                    self._on_part_data(tail, 0, i)
+                self._on_part_end()
+                self._state = _AFTER_DELIM
+                pos = i + len(self._delim) - len(tail)
+            else:
+                self._on_part_data(tail, 0, len(tail))
+            data = chunk
+        else:
+            data = self._buf + chunk if self._buf else chunk
+            self._buf = b""
+        n = len(data)
+        while pos < n or self._state == _END:
+            state = self._state
+            if state == _BODY:
+                pos = self._body(data, pos)
+                if self._state == _BODY:
+                    break  # needs more data
+            elif state == _HEADERS:
+                end = data.find(b"\r\n\r\n", pos)
+                if end < 0:
+                    if n - pos > MAX_HEADER_BYTES:
+                        raise MultipartError("multipart part headers are too large")
+                    self._buf = data[pos:]
+                    break
+                self._headers(data[pos:end])
+                pos = end + 4
+                self._state = _BODY
+            elif state == _AFTER_DELIM:
+                if n - pos < 2:
+                    self._buf = data[pos:]
+                    break
+                two = data[pos : pos + 2]
+                if two == b"--":
+                    self._state = _END
+                    self._on_end()
+                    return len(chunk)
+                if two != b"\r\n":
+                    # transport padding (spaces/tabs) before the CRLF is allowed
+                    eol = data.find(b"\r\n", pos)
+                    if eol < 0 or data[pos:eol].strip(b" \t"):
+                        if eol < 0 and n - pos < 256:
+                            self._buf = data[pos:]
+                            break
+                        raise MultipartError("malformed multipart boundary line")
+                    pos = eol
+                pos += 2
+                self._state = _HEADERS
+                self._on_part_begin()
+            elif state == _PREAMBLE:
+                found = data.find(self._dash_boundary, pos)
+                if found < 0:
+                    # keep what could be the start of the first boundary
+                    self._buf = data[max(pos, n - len(self._dash_boundary)) :]
+                    break
+                if found > 0 and data[found - 2 : found] != b"\r\n":
+                    raise MultipartError("malformed multipart body before the first boundary")
+                pos = found + len(self._dash_boundary)
+                self._state = _AFTER_DELIM
+            else:  # _END: ignore the epilogue
+                return len(chunk)
+        return len(chunk)
+
+    def _headers(self, block: bytes) -> None:
+        for line in block.split(b"\r\n"):
+            if not line:
+                continue
+            colon = line.find(b":")
+            if colon <= 0:
+                raise MultipartError("malformed multipart part header")
+            self._on_header_field(line, 0, colon)
+            start = colon + 1
+            while start < len(line) and line[start] in (32, 9):
+                start += 1
+            self._on_header_value(line, start, len(line))
+            self._on_header_end()
+        self._on_headers_finished()
+
+    def _body(self, data: bytes, pos: int) -> int:
+        """Emit part data up to the next delimiter (or as much as is surely data)."""
+        found = data.find(self._delim, pos)
+        if found >= 0:
+            if found > pos:
+                self._on_part_data(data, pos, found)
+            self._on_part_end()
+            self._state = _AFTER_DELIM
+            return found + len(self._delim)
+        safe = len(data) - self._keep
+        # Only the last `_keep` bytes can begin a delimiter; and only from a CR onwards.
+        cr = data.find(b"\r", max(pos, safe))
+        cut = cr if cr >= 0 else len(data)
+        if cut > pos:
+            self._on_part_data(data, pos, cut)
+        self._buf = data[cut:]
+        return len(data)
+
+    def finalize(self) -> None:
+        if self._state != _END:
+            raise MultipartError("multipart body ends before the closing boundary")
