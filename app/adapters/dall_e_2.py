@@ -27,7 +27,7 @@ from app.adapters.openai_common import (
     parse_images_response,
 )
 from app.core.errors import GatewayError, bad_request
-from app.upstream.multipart import encode_multipart
+from app.upstream.multipart import encode_multipart_parts
 
 if TYPE_CHECKING:
     from app.core.config import ModelConfig
@@ -113,10 +113,15 @@ class DallE2Adapter:
         return out
 
     def encode(self, req: EditRequest) -> tuple[bytes, str]:
-        return encode_multipart(self.fields(req), image_parts(req.images, req.mask))
+        pieces, content_type = self.encode_parts(req)
+        return b"".join(pieces), content_type
+
+    def encode_parts(self, req: EditRequest) -> tuple[list[bytes], str]:
+        """The multipart body as pieces: the image by reference, never copied."""
+        return encode_multipart_parts(self.fields(req), image_parts(req.images, req.mask))
 
     async def edit(self, req: EditRequest, trace_id: str) -> EditOutput:
-        body, content_type = self.encode(req)
+        body, content_type = self.encode_parts(req)
         resp = await self.upstream.request(
             "POST", PATH, headers=multipart_headers(content_type, trace_id), content=body
         )

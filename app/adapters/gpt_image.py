@@ -31,7 +31,7 @@ from app.adapters.openai_common import (
     parse_images_response,
 )
 from app.core.errors import GatewayError, bad_request, too_large
-from app.upstream.multipart import encode_multipart
+from app.upstream.multipart import encode_multipart_parts
 
 if TYPE_CHECKING:
     from app.core.config import ModelConfig
@@ -192,14 +192,19 @@ class GptImageAdapter:
         return out
 
     def encode(self, req: EditRequest, *, streaming: bool = False) -> tuple[bytes, str]:
-        return encode_multipart(
+        pieces, content_type = self.encode_parts(req, streaming=streaming)
+        return b"".join(pieces), content_type
+
+    def encode_parts(self, req: EditRequest, *, streaming: bool = False) -> tuple[list[bytes], str]:
+        """The multipart body as pieces: images by reference, never copied."""
+        return encode_multipart_parts(
             self.fields(req, streaming=streaming), image_parts(req.images, req.mask)
         )
 
     # -- calls -------------------------------------------------------------------------------
 
     async def edit(self, req: EditRequest, trace_id: str) -> EditOutput:
-        body, content_type = self.encode(req)
+        body, content_type = self.encode_parts(req)
         resp = await self.upstream.request(
             "POST", PATH, headers=multipart_headers(content_type, trace_id), content=body
         )

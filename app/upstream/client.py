@@ -21,7 +21,7 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
@@ -160,6 +160,10 @@ class UpstreamStream:
         return str(name), data
 
 
+# A request body: one buffer, or pieces sent in order without being joined.
+Body = bytes | Sequence[bytes]
+
+
 class UpstreamClient:
     """Pooled, concurrency-bounded, retrying HTTP client for one configured upstream."""
 
@@ -223,9 +227,11 @@ class UpstreamClient:
         return self.base_url + (path if path.startswith("/") else "/" + path)
 
     def _prepare(
-        self, headers: Mapping[str, str] | None, content: bytes | None, json: Any
+        self, headers: Mapping[str, str] | None, content: Body | None, json: Any
     ) -> tuple[httpx.Headers, bytes | None]:
         merged = httpx.Headers(headers)
+        if content is not None and not isinstance(content, bytes):
+            content = b"".join(content)  # httpx wants one buffer
         if json is not None:
             content = orjson.dumps(json)
             merged.setdefault("content-type", "application/json")
@@ -234,8 +240,8 @@ class UpstreamClient:
         return merged, content
 
     def _prepare_fast(
-        self, headers: Mapping[str, str] | None, content: bytes | None, json: Any
-    ) -> tuple[dict[str, str], bytes | None]:
+        self, headers: Mapping[str, str] | None, content: Body | None, json: Any
+    ) -> tuple[dict[str, str], Body | None]:
         """`_prepare` for the `Http11Pool` path: same merge rules, a plain dict instead of
         `httpx.Headers` (names lower-cased, so the replace stays case-insensitive)."""
         merged = {k.lower(): v for k, v in headers.items()} if headers else {}
@@ -272,7 +278,7 @@ class UpstreamClient:
         path: str,
         *,
         headers: Mapping[str, str] | None = None,
-        content: bytes | None = None,
+        content: Body | None = None,
         json: Any = None,
     ) -> UpstreamResponse:
         """Send with retries; return the final answer whatever its status.

@@ -27,7 +27,7 @@ import contextlib
 import re
 import ssl
 from collections import deque
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, Final, cast
 from urllib.parse import urlsplit
 
@@ -395,20 +395,30 @@ class Http11Pool:
         url: str,
         *,
         headers: Mapping[str, str],
-        body: bytes | None,
+        body: bytes | Sequence[bytes] | None,
     ) -> Http11Response:
         """Send one request and read the whole answer, whatever its status.
 
         `url` is an absolute URL on this pool's origin, or a path joined to the base URL's path.
-        Raises `Http11Timeout`, `Http11ConnectionError` or `Http11InvalidRequest`.
+        `body` may be a sequence of pieces (a multipart body with its images by reference):
+        they go out in one `writelines`, never joined. Raises `Http11Timeout`,
+        `Http11ConnectionError` or `Http11InvalidRequest`.
         """
         if self._closed:
             raise RuntimeError("the connection pool has been closed")
-        head = self._head(method, url, headers, body)
-        if body:
-            data: bytes | None = head + body if len(body) <= _CONCAT_MAX else None
+        pieces: tuple[bytes, ...]
+        if body is None or isinstance(body, bytes):
+            pieces = (body,) if body else ()
         else:
-            data = head
+            pieces = tuple(body)
+        length = sum(len(p) for p in pieces) if body is not None else None
+        head = self._head(method, url, headers, length)
+        if not pieces:
+            data: bytes | None = head
+        elif length is not None and length <= _CONCAT_MAX:
+            data = head + b"".join(pieces)
+        else:
+            data = None
         loop = asyncio.get_running_loop()
         if loop is not self._loop:
             self._bind(loop)
@@ -429,7 +439,7 @@ class Http11Pool:
                     if data is not None:
                         transport.write(data)
                     else:
-                        transport.writelines((head, cast(bytes, body)))
+                        transport.writelines((head, *pieces))
                 except (OSError, RuntimeError) as exc:
                     raise Http11ConnectionError(f"write to upstream failed: {exc!r}") from None
                 await waiter
@@ -443,6 +453,8 @@ class Http11Pool:
             except BaseException:  # timeout, cancellation: never reuse a half-read stream
                 timer.cancel()
                 self._discard(conn)
+                if waiter.done() and not waiter.cancelled():
+                    waiter.exception()  # cancelled as it failed: mark the outcome as seen
                 raise
             timer.cancel()
             response = Http11Response(
@@ -502,7 +514,7 @@ class Http11Pool:
                 self._names[name] = lower
         return lower
 
-    def _head(self, method: str, url: str, headers: Mapping[str, str], body: bytes | None) -> bytes:
+    def _head(self, method: str, url: str, headers: Mapping[str, str], length: int | None) -> bytes:
         if method not in _KNOWN_METHODS and not _TOKEN.fullmatch(method):
             raise Http11InvalidRequest(f"invalid method {method!r}")
         parts = [method, " ", self._target(url), " HTTP/1.1\r\n", self._host_line]
@@ -518,8 +530,8 @@ class Http11Pool:
             parts += (name, ": ", value, "\r\n")
         if not user_agent:
             parts.append(self._ua_line)
-        if body is not None:
-            parts += ("Content-Length: ", str(len(body)), "\r\n")
+        if length is not None:
+            parts += ("Content-Length: ", str(length), "\r\n")
         elif method in _BODY_METHODS:
             parts.append("Content-Length: 0\r\n")
         parts.append("Connection: keep-alive\r\n\r\n")

@@ -3,7 +3,9 @@
 httpx can encode multipart, but it guesses part content types from file names and streams the
 body through a generator of small chunks. Outbound edits need exact per-part content types (OpenAI
 rejects `application/octet-stream`) and are already fully in memory, so the cheapest correct
-encoding is a list of byte pieces joined once: every image is copied exactly one time.
+encoding is a list of byte pieces. `encode_multipart_parts` returns them unjoined so the HTTP
+client can hand them to one `writev` and an image is never copied at all (an 8 MB copy costs
+~4 ms of page faults); `encode_multipart` joins them for callers that need one `bytes`.
 """
 
 from __future__ import annotations
@@ -43,6 +45,17 @@ def encode_multipart(
     boundary: str | None = None,
 ) -> tuple[bytes, str]:
     """Encode text fields then files; return `(body, content_type_header)`."""
+    pieces, content_type = encode_multipart_parts(fields, files, boundary=boundary)
+    return b"".join(pieces), content_type
+
+
+def encode_multipart_parts(
+    fields: Iterable[tuple[str, str]],
+    files: Iterable[FilePart],
+    *,
+    boundary: str | None = None,
+) -> tuple[list[bytes], str]:
+    """Like `encode_multipart`, but the body as a list of pieces (file data by reference)."""
     b = (boundary or new_boundary()).encode("ascii")
     dash_boundary = b"--" + b + _CRLF
     pieces: list[bytes] = []
@@ -65,4 +78,4 @@ def encode_multipart(
         pieces.append(part.data)
         pieces.append(_CRLF)
     pieces.append(b"--" + b + b"--" + _CRLF)
-    return b"".join(pieces), "multipart/form-data; boundary=" + b.decode("ascii")
+    return pieces, "multipart/form-data; boundary=" + b.decode("ascii")
