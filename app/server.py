@@ -19,6 +19,7 @@ import uvicorn
 
 from app.core.config import ConfigError, GatewayConfig, Settings, load_config
 from app.core.logging import fields, get_logger, setup_logging
+from app.core.memory import tune_malloc
 
 log = get_logger("imagegate")
 
@@ -68,6 +69,8 @@ def serve(
     except ConfigError as exc:
         print(f"config error: {exc}", file=sys.stderr)
         return 2
+    if settings.malloc_tuning:
+        tune_malloc()
     if workers <= 1:
         _run(_main(settings, config, host, port))
         return 0

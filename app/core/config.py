@@ -43,6 +43,7 @@ class Settings(BaseSettings):
     gemini_api_key: str | None = None
     log_level: str = "info"
     workers: int | None = None  # in-process task workers; None = config value
+    malloc_tuning: bool = True  # see app/core/memory.py
 
     def interpolation_env(self) -> dict[str, str]:
         """What `${NAME}` in the YAML sees: the settings' values, overlaid by the real env."""
