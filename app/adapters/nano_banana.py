@@ -23,6 +23,7 @@ from app.adapters.openai_common import (
     check_ref_count,
     clean_message,
     decode_b64,
+    error_object,
     image_param,
     malformed,
     map_status,
@@ -203,13 +204,7 @@ def extract_images(payload: dict[str, Any], upstream: UpstreamClient) -> list[tu
 
 def map_gemini_error(resp: UpstreamResponse, upstream: UpstreamClient) -> GatewayError:
     """Gemini's `{"error": {code, message, status}}` → gateway error (same table as OpenAI)."""
-    err: dict[str, Any] = {}
-    try:
-        body = resp.json()
-        if isinstance(body, dict) and isinstance(body.get("error"), dict):
-            err = body["error"]
-    except ValueError:
-        pass
+    err = error_object(resp)
     message = clean_message(upstream, err.get("message"))
     if message and resp.status < 500 and isinstance(err.get("status"), str):
         message = f"{message} ({err['status']})"

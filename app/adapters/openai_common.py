@@ -178,15 +178,20 @@ def malformed(upstream: UpstreamClient, what: str = "a malformed response") -> G
     return GatewayError("api_error", f"upstream {upstream.name} returned {what}", status=502)
 
 
-def map_openai_error(resp: UpstreamResponse, upstream: UpstreamClient) -> GatewayError:
-    """OpenAI's `{"error": {message, type, param, code}}` → gateway error."""
-    err: dict[str, Any] = {}
+def error_object(resp: UpstreamResponse) -> dict[str, Any]:
+    """The `error` object both upstreams answer with (`{"error": {...}}`), or {}."""
     try:
         body = resp.json()
-        if isinstance(body, dict) and isinstance(body.get("error"), dict):
-            err = body["error"]
     except ValueError:
-        pass
+        return {}
+    if isinstance(body, dict) and isinstance(body.get("error"), dict):
+        return dict(body["error"])
+    return {}
+
+
+def map_openai_error(resp: UpstreamResponse, upstream: UpstreamClient) -> GatewayError:
+    """OpenAI's `{"error": {message, type, param, code}}` → gateway error."""
+    err = error_object(resp)
     message = clean_message(upstream, err.get("message"))
     param = err.get("param") if isinstance(err.get("param"), str) else None
     is_moderation = (

@@ -16,7 +16,7 @@ M_TRIM_THRESHOLD = -1
 M_MMAP_THRESHOLD = -3
 
 MMAP_THRESHOLD = 64 * 1024 * 1024  # above the largest image (50 MB): served from the heap
-TRIM_THRESHOLD = 256 * 1024 * 1024  # keep up to this much freed memory for reuse
+TRIM_THRESHOLD = 64 * 1024 * 1024  # keep up to this much freed memory for reuse
 
 
 def tune_malloc() -> bool:

@@ -273,3 +273,13 @@ class CounterMetrics:
 
     def delivery(self, outcome: str) -> None:
         self.deliveries[outcome] = self.deliveries.get(outcome, 0) + 1
+
+
+def delivery_note(now: float, status_code: int | None, error: str | None) -> dict[str, Any]:
+    """What a task keeps about its last delivery attempt (both queues store the same)."""
+    last: dict[str, Any] = {"at": now}
+    if status_code is not None:
+        last["status_code"] = status_code
+    if error is not None:
+        last["error"] = error
+    return last

@@ -30,7 +30,7 @@ import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
-from app.tasks.base import FINAL_STATUSES, Claimed, DeliveryOutcome, IdemState, Task
+from app.tasks.base import FINAL_STATUSES, Claimed, DeliveryOutcome, IdemState, Task, delivery_note
 
 GROUP = "workers"
 _AUTOCLAIM_ROUNDS = 4  # XAUTOCLAIM scans <= 10 pending entries a round; the cursor persists
@@ -463,11 +463,7 @@ class RedisTaskQueue:
         next_due: float | None,
         now: float,
     ) -> DeliveryOutcome | None:
-        last: dict[str, Any] = {"at": now}
-        if status_code is not None:
-            last["status_code"] = status_code
-        if error is not None:
-            last["error"] = error
+        last = delivery_note(now, status_code, error)
         res = await self._record(
             keys=[self.task_key(task_id), self.deliveries],
             args=[

@@ -34,7 +34,7 @@ from typing import Any, TypeVar
 import orjson
 
 from app.core.sqlite import enable_wal
-from app.tasks.base import FINAL_STATUSES, Claimed, DeliveryOutcome, IdemState, Task
+from app.tasks.base import FINAL_STATUSES, Claimed, DeliveryOutcome, IdemState, Task, delivery_note
 
 T = TypeVar("T")
 
@@ -401,11 +401,7 @@ class SQLiteTaskQueue:
         next_due: float | None,
         now: float,
     ) -> DeliveryOutcome | None:
-        last: dict[str, Any] = {"at": now}
-        if status_code is not None:
-            last["status_code"] = status_code
-        if error is not None:
-            last["error"] = error
+        last = delivery_note(now, status_code, error)
         retry_at = next_due if not delivered else None
         gave_up = not delivered and retry_at is None
 

@@ -21,6 +21,7 @@ import asyncio
 import logging
 import random
 import time
+import urllib.request
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -164,6 +165,17 @@ class UpstreamStream:
 Body = bytes | Sequence[bytes]
 
 
+def _proxied(url: str) -> bool:
+    """Whether the environment routes `url` through a proxy (as httpx would honour it)."""
+    proxies = urllib.request.getproxies()
+    if not proxies:
+        return False
+    host = httpx.URL(url).host
+    if urllib.request.proxy_bypass(host):
+        return False
+    return bool(proxies.get(httpx.URL(url).scheme) or proxies.get("all"))
+
+
 class UpstreamClient:
     """Pooled, concurrency-bounded, retrying HTTP client for one configured upstream."""
 
@@ -195,9 +207,10 @@ class UpstreamClient:
             follow_redirects=False,
         )
         # The fast path for buffered requests; an injected transport keeps httpx in charge so
-        # tests that mock the transport still see every request.
+        # tests that mock the transport still see every request, and so does an outbound proxy
+        # from the environment (HTTPS_PROXY etc.: the lean pool connects directly only).
         self._pool: Http11Pool | None = None
-        if transport is None:
+        if transport is None and not _proxied(self.base_url):
             self._pool = Http11Pool(
                 self.base_url,
                 max_connections=config.max_concurrency,

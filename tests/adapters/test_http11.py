@@ -236,6 +236,21 @@ async def test_8mb_request_and_response_bodies(uv: ThreadedServer) -> None:
     await pool.aclose()
 
 
+async def test_body_as_pieces_is_sent_in_order(uv: ThreadedServer) -> None:
+    """A multipart body by reference: small totals are concatenated, large ones go out through
+    `writelines` unjoined; either way the server sees the pieces back to back."""
+    pool = make_pool(uv.url, timeout_s=30)
+    small = [b"--b\r\n", b"tiny", b"\r\n--b--\r\n"]
+    resp = await pool.request("POST", "/echo", headers={}, body=small)
+    assert resp.body == b"".join(small)
+    big = [b"head-", bytes(range(256)) * 8192, b"", b"-tail"]
+    resp = await pool.request("POST", "/echo", headers={}, body=big)
+    assert resp.body == b"".join(big)
+    resp = await pool.request("POST", "/info", headers={}, body=[])
+    assert orjson.loads(resp.body)["body_len"] == 0
+    await pool.aclose()
+
+
 # --- keep-alive ---------------------------------------------------------------------------------
 
 

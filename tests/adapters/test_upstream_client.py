@@ -265,3 +265,18 @@ async def test_build_clients_one_per_upstream() -> None:
     assert clients["gemini"].kind == "gemini"
     for c in clients.values():
         await c.aclose()
+
+
+def test_outbound_proxy_from_the_environment_keeps_httpx(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The lean pool connects directly; with HTTPS_PROXY set, httpx (which honours it) sends."""
+    from app.core.config import UpstreamConfig
+    from app.upstream.client import UpstreamClient
+
+    cfg = UpstreamConfig(kind="openai", base_url="https://api.openai.com/v1", api_key="sk-x")
+    for var in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy", "NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(var, raising=False)
+    assert UpstreamClient("openai", cfg)._pool is not None
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.internal:3128")
+    assert UpstreamClient("openai", cfg)._pool is None
+    monkeypatch.setenv("NO_PROXY", "api.openai.com")
+    assert UpstreamClient("openai", cfg)._pool is not None
