@@ -97,7 +97,7 @@ class Gateway:
             max_redirects=self.config.limits.fetch_max_redirects,
         )
         self.results = LocalResultStore(self.data_dir / "files", self.config.results.retention_s)
-        self.meter = Meter(self.store, self.config)
+        self.meter = Meter(self.store, self.config, metrics=self.metrics)
         self.keys = KeyAdmin(self.store, set(self.config.models))
         self.tasks: TaskQueue = open_task_queue(settings.redis_url, self.data_dir)
         self.service = EditService(

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from app.core.config import GatewayConfig
 from app.core.errors import GatewayError
 from app.core.logging import fields, get_logger
+from app.core.metrics import Metrics
 from app.domain.keys import hash_secret
 from app.domain.pricing import Quote
 from app.store.base import Admission, ApiKey, Store, StoreUnavailable, UsageRecord
@@ -70,10 +71,17 @@ class Hold:
 
 
 class Meter:
-    def __init__(self, store: Store, config: GatewayConfig, clock: Clock = time.time) -> None:
+    def __init__(
+        self,
+        store: Store,
+        config: GatewayConfig,
+        clock: Clock = time.time,
+        metrics: Metrics | None = None,
+    ) -> None:
         self.store = store
         self.config = config
         self.clock = clock
+        self.metrics = metrics
         self._cache: dict[str, tuple[float, ApiKey]] = {}
         self._ttl = config.metering.key_cache_ttl_s
 
@@ -157,6 +165,9 @@ class Meter:
                 f"insufficient credits: this request costs {quote.reserve / 1e6:g}",
                 headers=headers,
             )
+        if self.metrics is not None:
+            reason = "rpm" if adm.status == "rate_limited" else "concurrency"
+            self.metrics.rejections.inc(reason=reason)
         retry = max(1, math.ceil(adm.retry_after_s))
         headers["retry-after"] = str(retry)
         what = "rate limit" if adm.status == "rate_limited" else "concurrency limit"

@@ -129,7 +129,11 @@ class EditService:
     async def edit(
         self, key: ApiKey, req: EditRequest, ctx: EditContext, idempotency_key: str | None = None
     ) -> EditReply:
-        prep = await self.prepare(key, req)
+        try:
+            prep = await self.prepare(key, req)
+        except GatewayError as err:  # refused before any credit moved: still counted
+            self.metrics.requests.inc(model=req.model, status=err.code)
+            raise
         task_id = str(uuid.uuid4())
         if idempotency_key is None:
             return await self._start(key, prep, task_id, ctx)
@@ -183,14 +187,18 @@ class EditService:
         hold_s = float(self.config.metering.reservation_ttl_s)
         if queued:
             hold_s += self.config.tasks.lease_s
-        hold = await self.meter.admit(
-            key,
-            model=prep.req.model,
-            quote=prep.quote,
-            reservation_id=task_id,
-            trace_id=ctx.trace_id,
-            hold_s=hold_s,
-        )
+        try:
+            hold = await self.meter.admit(
+                key,
+                model=prep.req.model,
+                quote=prep.quote,
+                reservation_id=task_id,
+                trace_id=ctx.trace_id,
+                hold_s=hold_s,
+            )
+        except GatewayError as err:  # 402 / 429 / 503: refused before the upstream call
+            self.metrics.requests.inc(model=prep.req.model, status=err.code)
+            raise
         if queued:
             await self._enqueue(prep, hold, task_id, ctx)
             body = {"success": True, "task_id": task_id, "trace_id": ctx.trace_id}

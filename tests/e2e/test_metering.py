@@ -133,6 +133,9 @@ def test_rpm_across_two_processes(pair: Pair) -> None:
     assert over.headers["x-ratelimit-limit-requests"] == "30"
     assert over.headers["x-ratelimit-remaining-requests"] == "0"
     assert pair.key_state(key["id"])["balance"] == pytest.approx(100 - 30 * 0.14)
+    metrics = httpx.get(pair.gateways[1].url + "/metrics", timeout=10).text
+    assert 'imagegate_rate_limit_rejections_total{reason="rpm"} 1' in metrics
+    assert 'imagegate_requests_total{model="nano-banana",status="too_many_requests"} 1' in metrics
 
 
 def test_concurrency_limit_with_slow_upstream(pair: Pair) -> None:
