@@ -267,3 +267,24 @@ def test_unknown_route_and_method(stack: Stack) -> None:
     check_envelope(r, 404, "not_found", None)
     r = httpx.get(stack.url + EDITS, timeout=10)
     check_envelope(r, 405, "method_not_allowed", None)
+
+
+def test_declared_body_over_the_limit_is_refused_before_reading(
+    stack: Stack, funded: dict[str, Any]
+) -> None:
+    """A Content-Length over limits.max_body_bytes gets 413 without the body being sent."""
+    import socket
+
+    host, port = "127.0.0.1", stack.gateway.port
+    head = (
+        f"POST {EDITS} HTTP/1.1\r\nHost: {host}:{port}\r\n"
+        f"Authorization: Bearer {funded['key']}\r\n"
+        "Content-Type: multipart/form-data; boundary=x\r\n"
+        f"Content-Length: {stack.config.limits.max_body_bytes + 1}\r\n\r\n"
+    )
+    with socket.create_connection((host, port), timeout=10) as sock:
+        sock.sendall(head.encode())
+        answer = sock.recv(65536).decode("latin-1")
+    assert answer.startswith("HTTP/1.1 413"), answer[:200]
+    assert '"payload_too_large"' in answer
+    assert stack.balance(funded["id"]) == 5

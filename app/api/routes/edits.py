@@ -13,7 +13,7 @@ from starlette.types import Receive, Scope, Send
 from app.api.body import parse_edit_body
 from app.api.deps import base_url, gateway
 from app.api.responses import JSONResponse, error_response, trace_id_of
-from app.core.errors import GatewayError
+from app.core.errors import GatewayError, too_large
 from app.domain.service import EditContext
 
 router = APIRouter(tags=["images"])
@@ -51,6 +51,11 @@ _BODY = {
 async def edit_image(request: Request) -> Response:
     gw = gateway(request)
     key = await gw.meter.authenticate(request.headers.get("authorization"))
+    declared = request.headers.get("content-length")
+    limit = gw.config.limits.max_body_bytes
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        # Refuse before reading: the parser would stop at the limit anyway, but later.
+        raise too_large(f"request body is larger than {limit} bytes")
     req = await parse_edit_body(
         request.headers.get("content-type"),
         request.stream(),
