@@ -83,11 +83,17 @@ def gateway_config(settings: Settings, sim_url: str, **overrides: Any) -> Gatewa
     return config.model_copy(update={"upstreams": upstreams, **overrides})
 
 
-def start_stack(*, allow_private: bool = False, **overrides: Any) -> Stack:
+def start_stack(
+    *, allow_private: bool = False, public_base_url: str | None = None, **overrides: Any
+) -> Stack:
     data_dir = Path(tempfile.mkdtemp(prefix="imagegate-e2e-"))
     sim = ThreadedServer(create_simulator_app()).start()
     settings = Settings(
-        data_dir=data_dir, admin_key=ADMIN_KEY, allow_private_urls=allow_private, redis_url=None
+        data_dir=data_dir,
+        admin_key=ADMIN_KEY,
+        allow_private_urls=allow_private,
+        redis_url=None,
+        public_base_url=public_base_url,
     )
     config = gateway_config(settings, sim.url, **overrides)
     gateway = ThreadedServer(create_app(settings, config)).start()

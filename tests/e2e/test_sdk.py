@@ -271,3 +271,26 @@ def test_curl_image_brackets(stack: Stack, key: dict[str, Any]) -> None:
     )
     assert r.status_code == 200, r.text
     assert r.json()["data"][0]["b64_json"]
+
+
+def test_public_base_url_shapes_result_urls() -> None:
+    from tests.e2e.conftest import start_stack
+
+    s = start_stack(public_base_url="https://img.example.com/")
+    try:
+        key = s.create_key(credits=1)
+        r = httpx.post(
+            s.url + "/v1/images/edits",
+            headers={"authorization": f"Bearer {key['key']}"},
+            data={"model": "nano-banana", "prompt": "x"},
+            files={"image": ("a.png", images.png(), "image/png")},
+            timeout=30,
+        )
+        url = r.json()["data"][0]["url"]
+        assert url.startswith("https://img.example.com/v1/files/"), url
+        name = url.rsplit("/", 1)[1]
+        assert httpx.get(f"{s.url}/v1/files/{name}", timeout=10).status_code == 200
+        assert httpx.get(f"{s.url}/v1/files/..%2Fadmin_key", timeout=10).status_code == 404
+    finally:
+        s.gateway.stop()
+        s.sim.stop()
