@@ -26,7 +26,7 @@ from app.core.errors import GatewayError, bad_request
 from app.core.logging import fields, get_logger
 from app.core.metrics import Metrics
 from app.domain.edit import EditOutput, EditRequest
-from app.domain.metering import Hold, Meter
+from app.domain.metering import Hold, Meter, unavailable
 from app.domain.pricing import Quote, quote
 from app.media.fetch import GuardedFetcher
 from app.media.resolve import resolve_images
@@ -142,10 +142,14 @@ class EditService:
         # The first request with this key runs; concurrent twins wait for its answer.
         deadline = time.monotonic() + self._idem_wait_s(prep)
         while True:
-            state = await self.tasks.idem_begin(
-                key.id, idempotency_key, fingerprint, task_id=task_id, now=time.time(),
-                ttl_s=ttl, stale_after_s=self.config.metering.reservation_ttl_s,
-            )  # fmt: skip
+            try:
+                state = await self.tasks.idem_begin(
+                    key.id, idempotency_key, fingerprint, task_id=task_id, now=time.time(),
+                    ttl_s=ttl, stale_after_s=self.config.metering.reservation_ttl_s,
+                )  # fmt: skip
+            except Exception as exc:  # the task store is down: fail closed, like metering
+                log.warning("idempotency.unavailable", extra=fields(trace_id=ctx.trace_id))
+                raise unavailable() from exc
             if state.kind == "new":
                 break
             if state.kind == "conflict":
