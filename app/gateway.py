@@ -12,6 +12,7 @@ import contextlib
 import os
 import secrets
 import socket
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -146,14 +147,14 @@ class Gateway:
         self._tasks.append(asyncio.create_task(self._every(
             self.config.results.sweep_interval_s, self.results.sweep)))  # fmt: skip
 
-    async def _every(self, interval: float, fn: object) -> None:
+    async def _every(self, interval: float, fn: Callable[[], Awaitable[object]]) -> None:
         while not self._stop.is_set():
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), timeout=interval)
             if self._stop.is_set():
                 return
             try:
-                await fn()  # type: ignore[operator]
+                await fn()
             except Exception:
                 log.exception("background.failed", extra=fields(job=getattr(fn, "__name__", "")))
 

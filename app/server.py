@@ -55,6 +55,17 @@ def _run(coro: Any) -> None:
     uvloop.run(coro)
 
 
+def _start_process(settings: Settings, explicit_config: str | None) -> GatewayConfig | None:
+    """Logging set up and config loaded, as every long-running command starts; None (and a
+    message naming the file and field) when the config is invalid."""
+    setup_logging(settings.log_level)
+    try:
+        return load_config(settings, explicit_config)
+    except ConfigError as exc:
+        print(f"config error: {exc}", file=sys.stderr)
+        return None
+
+
 def serve(
     settings: Settings,
     *,
@@ -63,11 +74,8 @@ def serve(
     explicit_config: str | None = None,
     workers: int = 1,
 ) -> int:
-    setup_logging(settings.log_level)
-    try:
-        config = load_config(settings, explicit_config)
-    except ConfigError as exc:
-        print(f"config error: {exc}", file=sys.stderr)
+    config = _start_process(settings, explicit_config)
+    if config is None:
         return 2
     if settings.malloc_tuning:
         tune_malloc()
@@ -230,11 +238,8 @@ def _dump_tasks_on_sigusr1() -> None:
 
 def work(settings: Settings, *, explicit_config: str | None = None) -> int:
     """`imagegate worker`: task workers and callback deliveries without an HTTP server."""
-    setup_logging(settings.log_level)
-    try:
-        config = load_config(settings, explicit_config)
-    except ConfigError as exc:
-        print(f"config error: {exc}", file=sys.stderr)
+    config = _start_process(settings, explicit_config)
+    if config is None:
         return 2
     if simulated_upstreams(config):
         print(
@@ -243,12 +248,7 @@ def work(settings: Settings, *, explicit_config: str | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    try:
-        import uvloop
-
-        uvloop.run(_work(settings, config))
-    except ImportError:
-        asyncio.run(_work(settings, config))
+    _run(_work(settings, config))
     return 0
 
 

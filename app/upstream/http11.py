@@ -189,22 +189,18 @@ class _Connection(asyncio.Protocol):
         self.in_pool = False  # sitting in the idle list
         self.idle_since = 0.0
         self.status = 0
-        self.raw_headers: list[tuple[bytes, bytes]] = []
-        self.chunks: list[bytes] = []
-        self.complete = False
-        self.headers_done = False
-        self.informational = False
-        self.is_head = False
-        self.keep_alive = False
-        self.got_bytes = False
+        self._reset(is_head=False)
 
     # --- request side -------------------------------------------------------------------------
 
     def start(self, waiter: asyncio.Future[None], is_head: bool) -> None:
         """Reset per-request state; fresh lists because the previous ones were handed out."""
         self.waiter = waiter
-        self.raw_headers = []
-        self.chunks = []
+        self._reset(is_head)
+
+    def _reset(self, is_head: bool) -> None:
+        self.raw_headers: list[tuple[bytes, bytes]] = []
+        self.chunks: list[bytes] = []
         self.complete = False
         self.headers_done = False
         self.informational = False
