@@ -22,9 +22,9 @@ from app.core.logging import fields, get_logger
 from app.core.metrics import Metrics
 from app.domain.keys import KeyAdmin
 from app.domain.metering import Meter
-from app.domain.service import EditService
 from app.media.fetch import GuardedFetcher
 from app.results import LocalResultStore
+from app.service import EditService
 from app.store import open_store
 from app.store.base import Store
 from app.tasks.base import TaskQueue

@@ -14,7 +14,7 @@ from app.api.body import parse_edit_body
 from app.api.deps import base_url, gateway
 from app.api.responses import JSONResponse, error_response, trace_id_of
 from app.core.errors import GatewayError, too_large
-from app.domain.service import EditContext
+from app.service import EditContext
 
 router = APIRouter(tags=["images"])
 

@@ -10,15 +10,11 @@ and a cancelled one (client gone) is refunded too. Nothing here knows about HTTP
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import time
 import uuid
-from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping
 from typing import Any
-
-import orjson
 
 from app.adapters.base import Adapter
 from app.core.config import GatewayConfig
@@ -26,44 +22,19 @@ from app.core.errors import GatewayError, bad_request
 from app.core.logging import fields, get_logger
 from app.core.metrics import Metrics
 from app.domain.edit import EditOutput, EditRequest
-from app.domain.metering import Hold, Meter, unavailable
+from app.domain.metering import Hold, Meter
 from app.domain.pricing import Quote, quote
 from app.media.fetch import GuardedFetcher
 from app.media.resolve import resolve_images
 from app.results import ResultStore
+from app.service import idempotency, streaming
+from app.service.context import EditContext, EditReply, Prepared
 from app.store.base import ApiKey
 from app.tasks.base import Task, TaskQueue
 from app.tasks.payload import decode_request, encode_request, request_fingerprint
 from app.tasks.recorder import TaskRecorder
 
 log = get_logger("imagegate.edit")
-
-
-@dataclass(slots=True)
-class EditContext:
-    """Per-request facts from the HTTP layer."""
-
-    trace_id: str
-    base_url: str  # where result URLs point (IMAGEGATE_PUBLIC_BASE_URL or the request's own)
-    started: float = field(default_factory=time.perf_counter)
-
-
-@dataclass(slots=True)
-class EditReply:
-    body: dict[str, Any] | None
-    headers: dict[str, str]
-    events: AsyncIterator[bytes] | None = None  # server-sent events for stream=true
-    raw: bytes | None = None  # an idempotent replay: the first answer's exact bytes
-
-
-@dataclass(slots=True)
-class Prepared:
-    """A request that passed every check and has a price: ready to admit and run."""
-
-    adapter: Adapter
-    req: EditRequest
-    quote: Quote
-    response_format: str
 
 
 class EditService:
@@ -137,47 +108,18 @@ class EditService:
         task_id = str(uuid.uuid4())
         if idempotency_key is None:
             return await self._start(key, prep, task_id, ctx)
-        fingerprint = request_fingerprint(prep.req)
-        ttl = self.config.tasks.idempotency_ttl_s
-        # The first request with this key runs; concurrent twins wait for its answer.
-        deadline = time.monotonic() + self._idem_wait_s(prep)
-        while True:
-            try:
-                state = await self.tasks.idem_begin(
-                    key.id, idempotency_key, fingerprint, task_id=task_id, now=time.time(),
-                    ttl_s=ttl, stale_after_s=self.config.metering.reservation_ttl_s,
-                )  # fmt: skip
-            except Exception as exc:  # the task store is down: fail closed, like metering
-                log.warning("idempotency.unavailable", extra=fields(trace_id=ctx.trace_id))
-                raise unavailable() from exc
-            if state.kind == "new":
-                break
-            if state.kind == "conflict":
-                raise GatewayError(
-                    "conflict",
-                    "Idempotency-Key was already used with a different request",
-                    param="Idempotency-Key",
-                )
-            if state.kind == "done" and state.response is not None:
-                return EditReply(None, {"idempotent-replayed": "true"}, raw=state.response)
-            if time.monotonic() > deadline:
-                raise GatewayError(
-                    "conflict",
-                    "a request with this Idempotency-Key is still in progress",
-                    param="Idempotency-Key",
-                    headers={"retry-after": "1"},
-                )
-            await asyncio.sleep(0.05)
-        try:
-            reply = await self._start(key, prep, task_id, ctx)
-        except BaseException:
-            await asyncio.shield(self.tasks.idem_abort(key.id, idempotency_key, task_id))
-            raise
-        if reply.body is not None:
-            await self.tasks.idem_finish(key.id, idempotency_key, orjson.dumps(reply.body))
-        else:  # a stream cannot be replayed; let a retry run again
-            await self.tasks.idem_abort(key.id, idempotency_key, task_id)
-        return reply
+        return await idempotency.run_once(
+            self.tasks,
+            key_id=key.id,
+            idem_key=idempotency_key,
+            fingerprint=request_fingerprint(prep.req),
+            task_id=task_id,
+            trace_id=ctx.trace_id,
+            ttl_s=self.config.tasks.idempotency_ttl_s,
+            stale_after_s=self.config.metering.reservation_ttl_s,
+            wait_s=self._idem_wait_s(prep),
+            start=lambda: self._start(key, prep, task_id, ctx),
+        )
 
     def _idem_wait_s(self, prep: Prepared) -> float:
         upstream = self.config.models[prep.req.model].upstream
@@ -208,7 +150,8 @@ class EditService:
             body = {"success": True, "task_id": task_id, "trace_id": ctx.trace_id}
             return EditReply(body, hold.headers)
         if prep.req.stream and prep.adapter.supports_stream():
-            return EditReply(None, hold.headers, self._stream(prep, hold, task_id, ctx))
+            events = streaming.relay(prep, hold, task_id, ctx, self.meter, self.metrics)
+            return EditReply(None, hold.headers, events)
         started = time.time()
         try:
             body = await self.run(prep, hold, task_id, ctx)
@@ -362,47 +305,8 @@ class EditService:
         body["elapsed"] = round(time.perf_counter() - ctx.started, 3)
         return body
 
-    # --- streaming (gpt-image, stream=true) ------------------------------------------------
-    async def _stream(
-        self, prep: Prepared, hold: Hold, task_id: str, ctx: EditContext
-    ) -> AsyncIterator[bytes]:
-        """Relay OpenAI's SSE events; charge on `image_edit.completed`, refund otherwise."""
-        settled = False
-        model = prep.req.model
-        try:
-            async for event in prep.adapter.stream(prep.req, ctx.trace_id):
-                kind = str(event.get("type", "message"))
-                if kind.endswith(".completed") and not settled:
-                    settled = True
-                    charge = await self.meter.settle(hold, images=1, task_id=task_id)
-                    self.metrics.requests.inc(model=model, status="ok")
-                    self.metrics.credits.inc(charge / 1e6, model=model)
-                yield b"event: " + kind.encode() + b"\ndata: " + orjson.dumps(event) + b"\n\n"
-            if not settled:
-                settled = True
-                await self.meter.settle(hold, images=0, task_id=task_id, error_code="api_error")
-                err = GatewayError("api_error", "upstream stream ended without a completed image")
-                yield _sse_error(err, ctx.trace_id)
-        except GatewayError as err:
-            if not settled:
-                settled = True
-                await self.meter.settle(hold, images=0, task_id=task_id, error_code=err.code)
-            self.metrics.requests.inc(model=model, status=err.code)
-            yield _sse_error(err, ctx.trace_id)
-        except BaseException:
-            if not settled:
-                await asyncio.shield(
-                    self.meter.settle(hold, images=0, task_id=task_id, error_code="api_error")
-                )
-            raise
-
 
 def _task_result(body: dict[str, Any]) -> dict[str, Any]:
     """The OpenAI-shaped part of a success body: what a callback's `data` and a task hold."""
     keep = ("created", "data", "usage", "size", "quality", "output_format", "background")
     return {k: body[k] for k in keep if k in body}
-
-
-def _sse_error(err: GatewayError, trace_id: str) -> bytes:
-    payload = {"type": "error", "error": err.body(), "trace_id": trace_id}
-    return b"event: error\ndata: " + orjson.dumps(payload) + b"\n\n"
