@@ -1,5 +1,5 @@
 """Dockerfile and docker-compose.yml can't run here (no Docker engine), so they are read and
-checked: what they run must be what the tests run, with the settings the SPEC names."""
+checked: what they run must be what the tests run, with the settings docs/CONFIG.md names."""
 
 from __future__ import annotations
 

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 
 class Adapter(Protocol):
     name: ClassVar[str]
-    # True where the upstream honours `n` (dall-e-2); elsewhere n is silently 1 (SPEC §2).
+    # True where the upstream honours `n` (dall-e-2); elsewhere n is silently 1 (docs/API.md).
     native_n: ClassVar[bool]
     # The answer's form when the client names none (dall-e-2: "url", as OpenAI does) ...
     default_response_format: ClassVar[str | None]

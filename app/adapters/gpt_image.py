@@ -5,7 +5,8 @@ operator may add e.g. `gpt-image-2-2026-04-21` as a config entry and get gpt-ima
 - gpt-image-2 takes flexible `WIDTHxHEIGHT` sizes and processes inputs at high fidelity, so
   `input_fidelity` is accepted from clients but never forwarded (the API refuses changing it);
 - gpt-image-1-mini does not support `input_fidelity` at all → 400;
-- `n` is silently treated as 1 (the seeds: one image per request, one billed), never sent;
+- `n` is silently treated as 1 (GPT image models answer one image per request, billed
+  once), never sent;
 - `response_format` is the gateway's own choice (OpenAI rejects it for GPT models), never sent.
 """
 

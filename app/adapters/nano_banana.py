@@ -1,6 +1,6 @@
 """Nano Banana models (Gemini image models) → Gemini `POST /models/{id}:generateContent`.
 
-The seeds say only `model`, `prompt` and `image` are used and every other field is ignored
+Only `model`, `prompt` and `image` are used (docs/API.md, "Models") and every other field is ignored
 without an error, so `check_fields` returns a request with those fields cleared: nothing
 downstream can mistake an ignored `n`, `size`, `mask` or `stream` for something honoured, the mask
 is never fetched, and `response_format` is pinned to `url` (nano-banana always answers URLs).
@@ -60,7 +60,7 @@ class NanoBananaAdapter:
 
     name: ClassVar[str] = "nano-banana"
     upstream_kind: ClassVar[str] = "gemini"
-    # Read by the edit service: priced per request; always answers URLs (the seeds).
+    # Read by the edit service: priced per request; always answers URLs.
     native_n: ClassVar[bool] = False
     default_response_format: ClassVar[str | None] = None
     forced_response_format: ClassVar[str | None] = "url"

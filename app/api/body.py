@@ -1,4 +1,6 @@
-"""Request bodies (multipart or JSON) normalized into one typed `EditRequest` (SPEC §2, §8).
+"""Request bodies (multipart or JSON) normalized into one typed `EditRequest`.
+
+The bodies and limits users see are documented in docs/API.md.
 
 This is the gateway's hot path, so it is built around three rules:
 

@@ -118,7 +118,7 @@ class DefaultsConfig(_Strict):
 
 
 class LimitsConfig(_Strict):
-    """Input limits, enforced while reading (SPEC §8)."""
+    """Input limits, enforced while reading (docs/API.md, "Limits")."""
 
     max_body_bytes: int = Field(220 * 1024 * 1024, ge=1024)
     max_image_bytes: int = Field(50 * 1024 * 1024, ge=1024)

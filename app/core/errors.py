@@ -1,15 +1,16 @@
 """One error type for the whole gateway, and the one envelope every error is answered with.
 
-Domain code raises `GatewayError` with a code from the SPEC's table; the HTTP layer turns it into
-`{"success": false, "error": {...}, "trace_id": ...}` with the matching status. Nothing else
-ever reaches a client, so no stack trace or upstream secret can leak.
+Domain code raises `GatewayError` with a code from `STATUS_BY_CODE` (docs/API.md, "Errors");
+the HTTP layer turns it into `{"success": false, "error": {...}, "trace_id": ...}` with the
+matching status. Nothing else ever reaches a client, so no stack trace or upstream secret can
+leak.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-# code -> default HTTP status (SPEC §2 "Errors")
+# code -> default HTTP status (the table in docs/API.md, "Errors")
 STATUS_BY_CODE: dict[str, int] = {
     "bad_request": 400,
     "token_mismatched": 400,

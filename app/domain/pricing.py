@@ -1,9 +1,10 @@
 """What an edit costs, in micro-credits, from the config's prices and the request's fields.
 
-SPEC §3: gpt-image models cost `per_image` for the 1K tier (auto, empty/omitted, the 1K sizes
-and the three upstream 1K aliases) and `per_image x other_tier_multiplier` for any other size;
-the input image's resolution never matters. dall-e-2 costs `per_image x n`, settled on the
-images actually returned. The nano-banana family costs `per_request`.
+Prices (docs/CONFIG.md, "models"): gpt-image models cost `per_image` for the 1K tier
+(auto, empty/omitted, the 1K sizes and the three upstream 1K aliases) and
+`per_image x other_tier_multiplier` for any other size; the input image's resolution never
+matters. dall-e-2 costs `per_image x n`, settled on the images actually returned. The
+nano-banana family costs `per_request`.
 """
 
 from __future__ import annotations

@@ -1,4 +1,6 @@
-"""The guarded fetcher: every outbound request the gateway makes on a client's behalf (SPEC §8).
+"""The guarded fetcher: every outbound request the gateway makes on a client's behalf.
+
+The policy users see is documented in docs/API.md, "Limits".
 
 Image URLs and callback URLs are chosen by clients, so each one is a potential SSRF: a request to
 `http://169.254.169.254/` or `http://127.0.0.1:6379/` from inside the deployment. The guard:
@@ -293,7 +295,7 @@ class _Target:
 
 
 class GuardedFetcher:
-    """Fetches client-supplied URLs under the SSRF policy of SPEC §8 (see the module docstring).
+    """Fetches client-supplied URLs under the SSRF policy in the module docstring.
 
     Create one per process and share it: it owns one keep-alive connection pool, keyed by
     host name (never by address, so two names on one address never share a TLS session).

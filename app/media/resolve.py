@@ -1,4 +1,4 @@
-"""Turn an `EditRequest`'s image references into sniffed `Image`s (SPEC §2 "image inputs").
+"""Turn an `EditRequest`'s image references into sniffed `Image`s (docs/API.md, "Image inputs").
 
 Uploads are probed as they are; `data:` URLs are decoded then probed; http(s) URLs go through
 the guarded fetcher, all at once, so a request with several URL images waits for the slowest

@@ -279,11 +279,11 @@ class EditService:
     async def shape(
         self, prep: Prepared, out: EditOutput, task_id: str, ctx: EditContext
     ) -> dict[str, Any]:
-        """The SPEC §2 success body; url results are stored and served by the gateway."""
+        """The success body (docs/API.md); url results are stored and served by the gateway."""
         data: list[dict[str, Any]] = []
         as_url = prep.response_format == "url"
         for i, img in enumerate(out.images):
-            # As the seeds show: the prompt itself when the upstream did not revise it.
+            # `revised_prompt` is always present: the prompt itself when the upstream kept it.
             item: dict[str, Any] = {"revised_prompt": img.revised_prompt or prep.req.prompt}
             if as_url:
                 name = f"{task_id}_{i}.{img.ext}"

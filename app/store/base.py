@@ -71,7 +71,7 @@ class Admission:
 
 @dataclass(slots=True)
 class UsageRecord:
-    """One ledger row per metered request (SPEC §3)."""
+    """One ledger row per metered request (read back by `GET /admin/usage`)."""
 
     reservation_id: str
     key_id: str

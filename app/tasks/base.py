@@ -1,4 +1,6 @@
-"""The task-queue contract behind asynchronous edits (SPEC §4), shared by Redis and SQLite.
+"""The task-queue contract behind asynchronous edits, shared by Redis and SQLite.
+
+What clients see is documented in docs/API.md, "Asynchronous edits".
 
 A task is one edit request answered early with a `task_id` and run later by a worker. The
 queue keeps three things per task: the public record (`Task`: status, result or error,
@@ -67,7 +69,7 @@ class Task:
         return "undelivered" if self.undelivered else "pending"
 
     def to_public(self) -> dict[str, Any]:
-        """The `GET /v1/tasks/{task_id}` body (SPEC §4); `result` or `error` only once final."""
+        """The `GET /v1/tasks/{task_id}` body (docs/API.md); `result` or `error` only once final."""
         out: dict[str, Any] = {
             "task_id": self.id,
             "trace_id": self.trace_id,

@@ -9,7 +9,8 @@ Retry policy: after the n-th failed attempt (non-2xx, timeout, unreachable) wait
 `min(backoff_max_s, backoff_base_s * 2**(n-1))`, shortened by up to `JITTER` (so retries from
 many tasks spread out, while the schedule never gets shorter than `min_schedule_s`), until
 `max_attempts`, then mark the task undelivered. The defaults (8 attempts, 10 s base, 600 s cap)
-span at least 0.9 * 1230 s > 18 minutes, over SPEC §4's "6 attempts over 10 minutes".
+span at least 0.9 * 1230 s > 18 minutes, over the documented promise of at least 6 attempts
+over 10 minutes (docs/API.md, "Callbacks").
 """
 
 from __future__ import annotations
@@ -56,7 +57,7 @@ def min_schedule_s(config: CallbacksConfig) -> float:
 
 
 def callback_body(task: Task) -> bytes:
-    """The exact JSON POSTed for a finished task (SPEC §4)."""
+    """The exact JSON POSTed for a finished task (documented in docs/API.md, "Callbacks")."""
     body: dict[str, Any] = {
         "success": task.status == "succeeded",
         "task_id": task.id,

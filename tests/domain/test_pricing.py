@@ -1,4 +1,4 @@
-"""Every tier rule of SPEC §3, in exact micro-credits, from the shipped config."""
+"""Every pricing tier rule (docs/CONFIG.md), in exact micro-credits, from the shipped config."""
 
 from __future__ import annotations
 

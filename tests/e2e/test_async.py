@@ -1,4 +1,4 @@
-"""Asynchronous edits (SPEC §4): callback_url, signed deliveries, polling, idempotency,
+"""Asynchronous edits (docs/API.md): callback_url, signed deliveries, polling, idempotency,
 and tasks that survive a gateway killed with SIGKILL."""
 
 from __future__ import annotations

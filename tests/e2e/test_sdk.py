@@ -125,7 +125,7 @@ def test_nano_banana(stack: Stack, key: dict[str, Any], model: str) -> None:
         model=model,
         image=("apple.png", images.png(80, 80), "image/png"),
         prompt=prompt,
-        size="1024x1024",  # ignored, as the seeds say
+        size="1024x1024",  # ignored for nano-banana (docs/API.md, "Models")
         n=2,
         response_format="b64_json",  # ignored: nano-banana always answers url
     )

@@ -59,7 +59,7 @@ async def _final(queue: TaskQueue, task_id: str) -> Task:
     return got
 
 
-def test_default_policy_meets_the_spec() -> None:
+def test_default_policy_meets_the_documented_promise() -> None:
     default = CallbacksConfig()
     assert default.max_attempts >= 6
     assert min_schedule_s(default) >= 600

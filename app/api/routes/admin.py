@@ -1,4 +1,4 @@
-"""The admin API (SPEC §3): keys, credits and usage, behind the admin key.
+"""The admin API (docs/API.md, "Admin API"): keys, credits and usage, behind the admin key.
 
 Thin: bodies are checked by pydantic, the work is `KeyAdmin` and the store, shared with the CLI.
 """
