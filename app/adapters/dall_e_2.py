@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from app.adapters.openai_common import (
     check_choice,
-    check_image_count,
     check_int_range,
     check_mask,
     check_prompt,
@@ -86,7 +85,6 @@ class DallE2Adapter:
         return dataclasses.replace(req, n=req.n if req.n is not None else 1)
 
     def check_images(self, req: EditRequest) -> None:
-        check_image_count(req, 1, self.model)
         img = req.images[0]
         param = image_param(req, 0)
         if img.mime != "image/png":

@@ -19,7 +19,6 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from app.adapters.openai_common import (
     check_choice,
-    check_image_count,
     check_int_range,
     check_mask,
     check_prompt,
@@ -158,7 +157,6 @@ class GptImageAdapter:
         return size
 
     def check_images(self, req: EditRequest) -> None:
-        check_image_count(req, MAX_IMAGES, self.model)
         for i, img in enumerate(req.images):
             if img.mime not in IMAGE_MIMES:
                 raise bad_request(

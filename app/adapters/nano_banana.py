@@ -18,7 +18,6 @@ from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from app.adapters.openai_common import (
-    check_image_count,
     check_prompt,
     check_ref_count,
     clean_message,
@@ -99,7 +98,6 @@ class NanoBananaAdapter:
         )
 
     def check_images(self, req: EditRequest) -> None:
-        check_image_count(req, MAX_IMAGES, self.model)
         for i, img in enumerate(req.images):
             if img.mime not in IMAGE_MIMES:
                 raise bad_request(

@@ -36,10 +36,9 @@ UPSTREAM_REJECTED = "upstream rejected the request: "
 # Field checks
 
 
-def check_prompt(prompt: str | None, limit: int) -> None:
-    """Prompts are required and bounded; the limit is the upstream's, checked before any fetch."""
-    if prompt is None or not prompt.strip():
-        raise bad_request("prompt is required", "prompt")
+def check_prompt(prompt: str, limit: int) -> None:
+    """The model's prompt limit, checked before any fetch. (That a prompt is present and not
+    blank is the body parser's rule: every request reaching an adapter has one.)"""
     if len(prompt) > limit:
         raise bad_request(
             f"prompt is too long: {len(prompt)} characters, the limit is {limit}", "prompt"
@@ -63,21 +62,12 @@ def check_int_range(value: int | None, low: int, high: int, param: str) -> None:
 
 
 def check_ref_count(req: EditRequest, limit: int, model: str) -> None:
-    """Before fetching: too many image inputs is refused without downloading any of them."""
+    """The model's image count, checked before fetching so too many inputs are refused without
+    downloading any of them. (The body parser caps the count for every model while reading.)"""
     if len(req.image_refs) > limit:
-        raise bad_request(too_many_images(model, limit, len(req.image_refs)), "image")
-
-
-def too_many_images(model: str, limit: int, got: int) -> str:
-    noun = "image" if limit == 1 else "images"
-    return f"{model} accepts at most {limit} {noun}; got {got}"
-
-
-def check_image_count(req: EditRequest, limit: int, model: str) -> None:
-    if not req.images:
-        raise bad_request("image is required", "image")
-    if len(req.images) > limit:
-        raise bad_request(too_many_images(model, limit, len(req.images)), "image")
+        noun = "image" if limit == 1 else "images"
+        got = len(req.image_refs)
+        raise bad_request(f"{model} accepts at most {limit} {noun}; got {got}", "image")
 
 
 def image_param(req: EditRequest, index: int) -> str:

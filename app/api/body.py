@@ -83,7 +83,7 @@ async def parse_edit_body(
     chunks: AsyncIterator[bytes],
     limits: LimitsConfig,
     *,
-    default_model: str,
+    default_model: str | None,
 ) -> EditRequest:
     """Read a request body from `chunks` and normalize it into an `EditRequest`.
 
@@ -159,12 +159,13 @@ def _set_text(name: str, text: str, out: dict[str, Any]) -> None:
     if name == "prompt":
         out["prompt"] = text  # kept verbatim; emptiness is checked in `_build`
         return
+    if name == "size":
+        out["size"] = text  # verbatim: " 1024x1024" or "1024X1024" is not a size (adapter: 400)
+        return
     value = text.strip()
     if name in _STR_FIELDS:
         if value:
             out[name] = value
-        elif name == "size":
-            out[name] = ""
     elif name in _INT_FIELDS:
         if value:
             out[name] = _parse_int(name, value)
@@ -183,7 +184,7 @@ def _build(
     images: list[ImageRef],
     mask: ImageRef | None,
     body_kind: BodyKind,
-    default_model: str,
+    default_model: str | None,
 ) -> EditRequest:
     prompt = fields.pop("prompt", None)
     if prompt is None:
@@ -195,6 +196,8 @@ def _build(
     if not images:
         raise bad_request("image is required", "image")
     model = fields.pop("model", None) or default_model
+    if model is None:
+        raise bad_request("model is required (this gateway sets no default_model)", "model")
     return EditRequest(
         model=model,
         prompt=prompt,
@@ -461,7 +464,7 @@ def _mixed_forms() -> GatewayError:
 
 
 async def _parse_multipart(
-    boundary: bytes, chunks: AsyncIterator[bytes], limits: LimitsConfig, default_model: str
+    boundary: bytes, chunks: AsyncIterator[bytes], limits: LimitsConfig, default_model: str | None
 ) -> EditRequest:
     collector = _Multipart(limits)
     try:
@@ -500,7 +503,7 @@ async def _parse_multipart(
 
 
 async def _parse_json(
-    chunks: AsyncIterator[bytes], limits: LimitsConfig, default_model: str
+    chunks: AsyncIterator[bytes], limits: LimitsConfig, default_model: str | None
 ) -> EditRequest:
     cap = limits.max_json_bytes
     pieces: list[bytes] = []

@@ -147,6 +147,9 @@ class CallbacksConfig(_Strict):
     timeout_s: float = Field(15, gt=0)
 
 
+SHIPPED_DEFAULT_MODEL = "gpt-image-1.5"
+
+
 class TasksConfig(_Strict):
     workers: int = Field(4, ge=0)
     lease_s: float = Field(600, gt=0)
@@ -157,7 +160,9 @@ class GatewayConfig(_Strict):
     upstreams: dict[str, UpstreamConfig]
     models: dict[str, ModelConfig]
     defaults: DefaultsConfig = DefaultsConfig()
-    default_model: str = "gpt-image-1.5"
+    # The model of a request that names none. Unset: gpt-image-1.5 when configured, else none
+    # (such a request is a 400 naming `model`).
+    default_model: str | None = None
     limits: LimitsConfig = LimitsConfig()
     results: ResultsConfig = ResultsConfig()
     metering: MeteringConfig = MeteringConfig()
@@ -169,7 +174,10 @@ class GatewayConfig(_Strict):
         for name, model in self.models.items():
             if model.upstream not in self.upstreams:
                 raise ValueError(f"models.{name}.upstream: unknown upstream {model.upstream!r}")
-        if self.default_model not in self.models:
+        if self.default_model is None:
+            if SHIPPED_DEFAULT_MODEL in self.models:
+                self.default_model = SHIPPED_DEFAULT_MODEL
+        elif self.default_model not in self.models:
             raise ValueError(f"default_model: {self.default_model!r} is not in models")
         return self
 

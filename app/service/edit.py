@@ -18,7 +18,7 @@ from typing import Any
 
 from app.adapters.base import Adapter
 from app.core.config import GatewayConfig
-from app.core.errors import GatewayError, bad_request
+from app.core.errors import GatewayError
 from app.core.logging import fields, get_logger
 from app.core.metrics import Metrics
 from app.domain.edit import EditOutput, EditRequest
@@ -72,10 +72,7 @@ class EditService:
     async def prepare(self, key: ApiKey, req: EditRequest) -> Prepared:
         adapter = self.adapter_for(req.model)
         self.meter.check_model(key, req.model)
-        req = adapter.check_fields(req)
-        limit = adapter.max_images()
-        if len(req.image_refs) > limit:
-            raise bad_request(f"{req.model} accepts at most {limit} image(s)", "image")
+        req = adapter.check_fields(req)  # model rules, before any image is fetched
         if req.callback_url is not None:
             await self.fetcher.check_url(req.callback_url, param="callback_url")
         await resolve_images(req, self.fetcher, self.config.limits)

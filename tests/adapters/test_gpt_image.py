@@ -49,9 +49,7 @@ def rejects(model: str, param: str | None, fragment: str = "", **fields) -> Gate
 
 
 @pytest.mark.parametrize("model", GPT_MODELS)
-def test_prompt_required_and_bounded(model: str) -> None:
-    rejects(model, "prompt", "required", prompt="")
-    rejects(model, "prompt", "required", prompt="   ")
+def test_prompt_bounded(model: str) -> None:
     rejects(model, "prompt", "32000", prompt="x" * 32001)
     a, _ = adapter(model)
     a.check_fields(make_req(model, prompt="x" * 32000))
@@ -240,16 +238,10 @@ def test_output_compression_only_sent_with_lossy_formats() -> None:
 def test_image_count_rules() -> None:
     a, _ = adapter()
     assert a.max_images() == 16
-    with pytest.raises(GatewayError) as ei:
-        a.check_images(make_req(images=[]))
-    assert ei.value.param == "image" and ei.value.status == 400
-    a.check_images(make_req(images=[make_image(16, 16)] * 16))
-    with pytest.raises(GatewayError) as ei:
-        a.check_images(make_req(images=[make_image(16, 16)] * 17))
-    assert "at most 16" in ei.value.message and ei.value.param == "image"
+    a.check_fields(make_req(images=[make_image(16, 16)] * 16))
     with pytest.raises(GatewayError) as ei:  # refused before any fetch, from the refs alone
         a.check_fields(make_req(images=[make_image(16, 16)] * 17))
-    assert "at most 16" in ei.value.message
+    assert "at most 16" in ei.value.message and ei.value.param == "image"
 
 
 def test_image_formats_and_size() -> None:

@@ -58,7 +58,7 @@ def adapter(
 def test_prompt_rules() -> None:
     a, _ = adapter()
     a.check_fields(make_req("nano-banana", prompt="x" * 32000))
-    for prompt in ("", "x" * 32001):
+    for prompt in ("x" * 32001,):
         with pytest.raises(GatewayError) as ei:
             a.check_fields(make_req("nano-banana", prompt=prompt))
         assert ei.value.param == "prompt"
@@ -95,15 +95,10 @@ def test_every_other_field_is_ignored_without_error() -> None:
 def test_image_count_rules() -> None:
     a, _ = adapter()
     assert a.max_images() == 14
-    a.check_images(make_req("nano-banana", images=[make_image(8, 8)] * 14))
-    with pytest.raises(GatewayError) as ei:
-        a.check_images(make_req("nano-banana", images=[make_image(8, 8)] * 15))
-    assert "at most 14" in ei.value.message and ei.value.param == "image"
-    with pytest.raises(GatewayError) as ei:
-        a.check_images(make_req("nano-banana", images=[]))
-    assert ei.value.param == "image"
-    with pytest.raises(GatewayError):
+    a.check_fields(make_req("nano-banana", images=[make_image(8, 8)] * 14))
+    with pytest.raises(GatewayError) as ei:  # refused before any fetch, from the refs alone
         a.check_fields(make_req("nano-banana", images=[make_image(8, 8)] * 15))
+    assert "at most 14" in ei.value.message and ei.value.param == "image"
 
 
 async def test_outbound_request() -> None:

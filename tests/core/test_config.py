@@ -198,6 +198,19 @@ def test_unknown_upstream_referenced_by_a_model() -> None:
     assert "models.m.upstream" in msg and "'azure'" in msg
 
 
+def test_no_default_model_and_no_gpt_image_1_5_starts() -> None:
+    raw = minimal()
+    del raw["default_model"]
+    assert parse(raw).default_model is None  # a request without `model` is a 400 then
+
+
+def test_default_model_unset_means_gpt_image_1_5_when_configured() -> None:
+    raw = minimal()
+    del raw["default_model"]
+    raw["models"]["gpt-image-1.5"] = raw["models"]["m"]
+    assert parse(raw).default_model == "gpt-image-1.5"
+
+
 def test_default_model_not_in_models() -> None:
     with pytest.raises(ConfigError) as exc:
         parse(minimal(default_model="gpt-9"), "b.yaml")

@@ -66,9 +66,13 @@ class Stack:
         assert r.status_code < 300, r.text
 
 
-def gateway_config(settings: Settings, sim_url: str, **overrides: Any) -> GatewayConfig:
-    """The shipped config, pointed at the simulator, with fast retries for tests."""
-    config = load_config(settings, Path(__file__).parents[2] / "config" / "gateway.yaml")
+def gateway_config(
+    settings: Settings, sim_url: str, config_file: Path | None = None, **overrides: Any
+) -> GatewayConfig:
+    """The shipped config (or `config_file`), pointed at the simulator, with fast retries."""
+    config = load_config(
+        settings, config_file or Path(__file__).parents[2] / "config" / "gateway.yaml"
+    )
     upstreams = {}
     for name, up in config.upstreams.items():
         path = "/v1" if up.kind == "openai" else "/v1beta"
@@ -84,7 +88,11 @@ def gateway_config(settings: Settings, sim_url: str, **overrides: Any) -> Gatewa
 
 
 def start_stack(
-    *, allow_private: bool = False, public_base_url: str | None = None, **overrides: Any
+    *,
+    allow_private: bool = False,
+    public_base_url: str | None = None,
+    config_file: Path | None = None,
+    **overrides: Any,
 ) -> Stack:
     data_dir = Path(tempfile.mkdtemp(prefix="imagegate-e2e-"))
     sim = ThreadedServer(create_simulator_app()).start()
@@ -95,7 +103,7 @@ def start_stack(
         redis_url=None,
         public_base_url=public_base_url,
     )
-    config = gateway_config(settings, sim.url, **overrides)
+    config = gateway_config(settings, sim.url, config_file, **overrides)
     gateway = ThreadedServer(create_app(settings, config)).start()
     return Stack(sim=sim, gateway=gateway, data_dir=data_dir, config=config)
 

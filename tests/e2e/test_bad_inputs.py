@@ -53,6 +53,19 @@ CASES: list[tuple[str, dict[str, Any], int, str, str | None]] = [
         "image",
     ),
     (
+        "JPEG mask",  # the mask rule is the adapter's, after the media layer resolved it
+        {
+            "data": {"model": "gpt-image-1", "prompt": "x"},
+            "files": [
+                ("image", ("a.png", PNG, "image/png")),
+                ("mask", ("m.png", images.jpeg(64, 64), "image/png")),
+            ],
+        },
+        400,
+        "bad_request",
+        "mask",
+    ),
+    (
         "text file called x.png",
         {
             "data": {"model": "gpt-image-1", "prompt": "x"},
@@ -141,7 +154,11 @@ CASES: list[tuple[str, dict[str, Any], int, str, str | None]] = [
     ),
 ]
 
-SIZES = ["1024*1024", "1000x1000", "4000x2000", "3840x2176", "512x512", "3072x768", "AUTO"]
+SIZES = [
+    "1024*1024", "1000x1000", "4000x2000", "3840x2176", "512x512", "3072x768", "AUTO",
+    # digits, a lower-case x, digits -- nothing around them, nothing else
+    " 1024x1024", "1024x1024 ", "1024X1024", "+1024x1024",
+]  # fmt: skip
 URLS = [
     "file:///etc/passwd",
     "http://169.254.169.254/",
