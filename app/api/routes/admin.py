@@ -9,11 +9,11 @@ import csv
 import io
 from typing import Any, Literal
 
-from fastapi import APIRouter, Request
+from fastapi import Request
 from pydantic import BaseModel, ConfigDict, Field, StrictInt
 from starlette.responses import Response
 
-from app.api.deps import require_admin
+from app.api.deps import AdminGateway, admin_router
 from app.api.responses import JSONResponse
 from app.api.views import RECORD_COLUMNS, group_view, key_view, parse_time, record_view
 from app.core.errors import bad_request
@@ -21,7 +21,7 @@ from app.core.money import credits_json
 from app.domain.keys import parse_credits
 from app.store.base import UsageQuery
 
-router = APIRouter(prefix="/admin", tags=["admin"])
+router = admin_router()
 
 
 class _Body(BaseModel):
@@ -57,8 +57,7 @@ class CreditsBody(_Body):
 
 
 @router.post("/keys", status_code=201, summary="Create an API key (the secret is shown once)")
-async def create_key(body: KeyCreate, request: Request) -> JSONResponse:
-    gw = require_admin(request)
+async def create_key(body: KeyCreate, gw: AdminGateway) -> JSONResponse:
     new = await gw.keys.create(
         name=body.name,
         credits=parse_credits(body.credits),
@@ -72,20 +71,17 @@ async def create_key(body: KeyCreate, request: Request) -> JSONResponse:
 
 
 @router.get("/keys", summary="List API keys")
-async def list_keys(request: Request) -> JSONResponse:
-    gw = require_admin(request)
+async def list_keys(gw: AdminGateway) -> JSONResponse:
     return JSONResponse({"data": [key_view(k) for k in await gw.keys.list()]})
 
 
 @router.get("/keys/{key_id}", summary="One API key")
-async def get_key(key_id: str, request: Request) -> JSONResponse:
-    gw = require_admin(request)
+async def get_key(key_id: str, gw: AdminGateway) -> JSONResponse:
     return JSONResponse(key_view(await gw.keys.get(key_id)))
 
 
 @router.patch("/keys/{key_id}", summary="Change a key's name, limits, models, expiry, disabled")
-async def update_key(key_id: str, body: KeyUpdate, request: Request) -> JSONResponse:
-    gw = require_admin(request)
+async def update_key(key_id: str, body: KeyUpdate, gw: AdminGateway) -> JSONResponse:
     changes: dict[str, Any] = body.model_dump(exclude_unset=True)
     for field in ("name", "disabled"):  # null resets rpm, models, ... but these have no default
         if field in changes and changes[field] is None:
@@ -98,16 +94,14 @@ async def update_key(key_id: str, body: KeyUpdate, request: Request) -> JSONResp
 
 
 @router.delete("/keys/{key_id}", summary="Revoke a key")
-async def delete_key(key_id: str, request: Request) -> JSONResponse:
-    gw = require_admin(request)
+async def delete_key(key_id: str, gw: AdminGateway) -> JSONResponse:
     await gw.keys.revoke(key_id)
     gw.meter.forget(key_id)
     return JSONResponse({"id": key_id, "deleted": True})
 
 
 @router.post("/keys/{key_id}/credits", summary="Top up (or deduct with a negative amount)")
-async def add_credits(key_id: str, body: CreditsBody, request: Request) -> JSONResponse:
-    gw = require_admin(request)
+async def add_credits(key_id: str, body: CreditsBody, gw: AdminGateway) -> JSONResponse:
     amount = parse_credits(body.amount, "amount", allow_negative=True)
     balance = await gw.keys.add_credits(key_id, amount, body.note)
     return JSONResponse({"id": key_id, "balance": credits_json(balance)})
@@ -124,17 +118,17 @@ def _query(request: Request) -> UsageQuery:
 
 
 @router.get("/usage", summary="Usage aggregates: requests, images, credits")
-async def usage(request: Request, group_by: Literal["day", "model", "key"] = "day") -> JSONResponse:
-    gw = require_admin(request)
+async def usage(
+    gw: AdminGateway, request: Request, group_by: Literal["day", "model", "key"] = "day"
+) -> JSONResponse:
     groups = await gw.store.usage_summary(_query(request), group_by)
     return JSONResponse({"group_by": group_by, "data": [group_view(g) for g in groups]})
 
 
 @router.get("/usage/records", summary="Ledger rows, newest first; format=csv to export")
 async def usage_records(
-    request: Request, limit: int = 100, offset: int = 0, format: str = "json"
+    gw: AdminGateway, request: Request, limit: int = 100, offset: int = 0, format: str = "json"
 ) -> Response:
-    gw = require_admin(request)
     if not 1 <= limit <= 10_000 or offset < 0:
         raise bad_request("limit must be 1..10000 and offset >= 0", "limit")
     rows = await gw.store.usage_records(_query(request), limit=limit, offset=offset)
