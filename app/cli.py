@@ -172,7 +172,7 @@ def cmd_credits(args: argparse.Namespace) -> int:
 def cmd_usage(args: argparse.Namespace) -> int:
     import csv
 
-    from app.api.views import RECORD_COLUMNS, group_view, parse_time, record_view
+    from app.api.views import RECORD_COLUMNS, group_view, parse_time, record_csv_row, record_view
     from app.store.base import UsageQuery
 
     async def run(admin: Any) -> int:
@@ -181,23 +181,26 @@ def cmd_usage(args: argparse.Namespace) -> int:
             model=args.model,
             since=parse_time(args.since, "since"),
             until=parse_time(args.until, "until"),
+            channel=args.channel,
+            operation=args.operation,
+            status=args.status,
         )
         if args.records or args.csv:
-            rows = [
-                record_view(r)
-                for r in await admin.store.usage_records(query, limit=args.limit, offset=0)
-            ]
+            records = await admin.store.usage_records(query, limit=args.limit, offset=0)
             if args.csv:
                 writer = csv.DictWriter(sys.stdout, fieldnames=RECORD_COLUMNS)
                 writer.writeheader()
-                writer.writerows(rows)
+                writer.writerows(record_csv_row(r) for r in records)
             else:
-                cols = ["created_at", "key_id", "model", "size_tier", "images", "credits",
-                        "status", "error_code", "latency_ms"]  # fmt: skip
-                _print(rows, args.json, cols)
+                cols = ["created_at", "key_id", "model", "channel", "operation", "images",
+                        "credits", "cost_usd", "cost_estimated", "status", "error_code",
+                        "latency_ms"]  # fmt: skip
+                _print([record_view(r) for r in records], args.json, cols)
             return 0
         groups = [group_view(g) for g in await admin.store.usage_summary(query, args.group_by)]
-        _print(groups, args.json, ["group", "requests", "succeeded", "failed", "images", "credits"])
+        cols = ["group", "requests", "succeeded", "failed", "images", "credits", "cost_usd",
+                "estimated"]  # fmt: skip
+        _print(groups, args.json, cols)
         return 0
 
     return _run_admin(args, run)
@@ -275,7 +278,12 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("--model")
     u.add_argument("--since")
     u.add_argument("--until")
-    u.add_argument("--group-by", choices=["day", "model", "key"], default="day")
+    u.add_argument("--channel")
+    u.add_argument("--operation", choices=["edit", "generate"])
+    u.add_argument("--status", choices=["succeeded", "failed", "expired"])
+    u.add_argument(
+        "--group-by", choices=["day", "model", "key", "channel", "operation"], default="day"
+    )
     u.add_argument("--records", action="store_true", help="ledger rows instead of aggregates")
     u.add_argument("--csv", action="store_true", help="ledger rows as CSV")
     u.add_argument("--limit", type=int, default=100)

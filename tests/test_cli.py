@@ -243,14 +243,16 @@ def test_operator_flow(cli: Cli) -> None:
         ),
     )  # fmt: skip
     header, rows = table(by_day.stdout)
-    assert header == ["GROUP", "REQUESTS", "SUCCEEDED", "FAILED", "IMAGES", "CREDITS"]
+    assert header == [
+        "GROUP", "REQUESTS", "SUCCEEDED", "FAILED", "IMAGES", "CREDITS", "COST_USD", "ESTIMATED"
+    ]  # fmt: skip
     assert len(rows) == 1 and re.fullmatch(r"\d{4}-\d{2}-\d{2}", rows[0][0])
-    assert rows[0][1:] == ["3", "3", "0", "4", "0.32"]
+    assert rows[0][1:] == ["3", "3", "0", "4", "0.32", "0.0", "0"]
     assert json.loads(by_model.stdout) == [
         {"group": "dall-e-2", "requests": 1, "succeeded": 1, "failed": 0, "images": 2,
-         "credits": 0.04},
+         "credits": 0.04, "cost_usd": 0.0, "estimated": 0},
         {"group": "nano-banana", "requests": 2, "succeeded": 2, "failed": 0, "images": 2,
-         "credits": 0.28},
+         "credits": 0.28, "cost_usd": 0.0, "estimated": 0},
     ]  # fmt: skip
     reader = csv.DictReader(io.StringIO(as_csv.stdout))
     assert reader.fieldnames == RECORD_COLUMNS

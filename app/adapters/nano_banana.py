@@ -131,12 +131,14 @@ class NanoBananaAdapter:
         if not isinstance(payload, dict):
             raise malformed(self.upstream)
         images = extract_images(payload, self.upstream)
+        usage = payload.get("usageMetadata")
         return EditOutput(
             images=[
                 GeneratedImage(data=data, mime=mime, revised_prompt=req.prompt)
                 for data, mime in images
             ],
             created=0,
+            usage=usage if isinstance(usage, dict) else None,
         )
 
     def stream(self, req: EditRequest, trace_id: str) -> AsyncIterator[dict[str, Any]]:

@@ -257,7 +257,7 @@ def parse_images_response(
     for key in ("size", "quality", "output_format", "background"):
         if isinstance(body.get(key), str):
             extra[key] = body[key]
-    return EditOutput(images=images, created=created, extra=extra)
+    return EditOutput(images=images, created=created, extra=extra, usage=extra.get("usage"))
 
 
 def multipart_headers(content_type: str, trace_id: str) -> dict[str, str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from typing import Any
 
@@ -74,7 +75,20 @@ def record_view(r: UsageRecord) -> dict[str, Any]:
         "task_id": r.task_id,
         "trace_id": r.trace_id,
         "latency_ms": r.latency_ms,
+        "channel": r.channel,
+        "operation": r.operation,
+        # what the upstream charged, USD (exact to the micro-dollar; same scale as credits)
+        "cost_usd": credits_json(r.cost_usd),
+        "cost_estimated": r.cost_estimated,
+        "usage": r.usage,
     }
+
+
+def record_csv_row(r: UsageRecord) -> dict[str, Any]:
+    """A ledger row for CSV: the JSON view with `usage` as compact JSON text."""
+    row = record_view(r)
+    row["usage"] = "" if r.usage is None else json.dumps(r.usage, separators=(",", ":"))
+    return row
 
 
 def group_view(g: UsageGroup) -> dict[str, Any]:
@@ -85,10 +99,13 @@ def group_view(g: UsageGroup) -> dict[str, Any]:
         "failed": g.failed,
         "images": g.images,
         "credits": credits_json(g.credits),
+        "cost_usd": credits_json(g.cost_usd),
+        "estimated": g.estimated,
     }
 
 
 RECORD_COLUMNS = [
     "created_at", "key_id", "model", "size_tier", "images", "credits", "reserved", "status",
-    "error_code", "task_id", "trace_id", "latency_ms",
+    "error_code", "task_id", "trace_id", "latency_ms", "channel", "operation", "cost_usd",
+    "cost_estimated", "usage",
 ]  # fmt: skip

@@ -61,6 +61,58 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class CostOverride(_Strict):
+    """A channel's own upstream prices for one model; each field given replaces the model's.
+
+    Token prices are USD per million tokens; `per_image` is USD per image, one number or a
+    table by size (dall-e-2). See docs/COST.md."""
+
+    text_input_per_mtok: Decimal | None = Field(None, ge=0)
+    image_input_per_mtok: Decimal | None = Field(None, ge=0)
+    text_output_per_mtok: Decimal | None = Field(None, ge=0)
+    image_output_per_mtok: Decimal | None = Field(None, ge=0)
+    per_image: Decimal | dict[str, Decimal] | None = None
+
+    @field_validator("per_image")
+    @classmethod
+    def _per_image(cls, v: Decimal | dict[str, Decimal] | None) -> Any:
+        values = v.values() if isinstance(v, dict) else [] if v is None else [v]
+        if any(x < 0 for x in values):
+            raise ValueError("prices must be >= 0")
+        if isinstance(v, dict) and not v:
+            raise ValueError("a per-size table needs at least one size")
+        return v
+
+
+class CostConfig(CostOverride):
+    """What the upstream charges for a model: token prices (gpt-image, Gemini) and/or a
+    per-image price. Without token prices the per-image price is the whole bill (dall-e-2);
+    with them it is only the estimate for a request whose upstream reported no usage."""
+
+    @model_validator(mode="after")
+    def _complete(self) -> CostConfig:
+        tokens = (self.text_input_per_mtok, self.image_input_per_mtok, self.image_output_per_mtok)
+        if any(t is not None for t in (*tokens, self.text_output_per_mtok)) and None in tokens:
+            raise ValueError(
+                "token prices need text_input_per_mtok, image_input_per_mtok and"
+                " image_output_per_mtok (text_output_per_mtok is optional)"
+            )
+        if self.per_image is None:
+            raise ValueError("per_image is required (the estimate when no usage is reported)")
+        return self
+
+    @property
+    def by_tokens(self) -> bool:
+        return self.image_output_per_mtok is not None
+
+    def merged(self, override: CostOverride | None) -> CostConfig:
+        """These prices with a channel's override applied field by field."""
+        if override is None:
+            return self
+        changes = override.model_dump(exclude_unset=True, exclude_none=True)
+        return CostConfig.model_validate(self.model_dump() | changes)
+
+
 class UpstreamConfig(_Strict):
     kind: Literal["openai", "gemini"]
     base_url: str
@@ -70,6 +122,8 @@ class UpstreamConfig(_Strict):
     max_concurrency: int = Field(64, ge=1)
     retries: int = Field(2, ge=0, le=10)
     backoff_s: float = Field(0.5, ge=0)
+    # this channel's upstream prices per model, where they differ from the model's `cost`
+    cost: dict[str, CostOverride] = Field(default_factory=dict)
 
     @field_validator("api_key", mode="before")
     @classmethod
@@ -110,6 +164,7 @@ class ModelConfig(_Strict):
     upstream: str
     upstream_model: str
     price: PriceConfig
+    cost: CostConfig | None = None  # what the upstream charges us (docs/COST.md)
 
 
 class DefaultsConfig(_Strict):
@@ -179,7 +234,27 @@ class GatewayConfig(_Strict):
                 self.default_model = SHIPPED_DEFAULT_MODEL
         elif self.default_model not in self.models:
             raise ValueError(f"default_model: {self.default_model!r} is not in models")
+        for up_name, up in self.upstreams.items():
+            for model_name, override in up.cost.items():
+                where = f"upstreams.{up_name}.cost.{model_name}"
+                model_cfg = self.models.get(model_name)
+                if model_cfg is None:
+                    raise ValueError(f"{where}: unknown model {model_name!r}")
+                if model_cfg.cost is None:
+                    raise ValueError(f"{where}: models.{model_name} has no cost to override")
+                try:
+                    model_cfg.cost.merged(override)
+                except ValidationError as exc:
+                    raise ValueError(f"{where}: {exc.errors()[0]['msg']}") from None
         return self
+
+    def cost_for(self, model: str, channel: str | None) -> CostConfig | None:
+        """The upstream prices of `model` when served by `channel` (its override, if any)."""
+        model_cfg = self.models.get(model)
+        if model_cfg is None or model_cfg.cost is None:
+            return None
+        up = self.upstreams.get(channel) if channel else None
+        return model_cfg.cost.merged(up.cost.get(model) if up is not None else None)
 
 
 class ConfigError(Exception):

@@ -91,3 +91,6 @@ class EditOutput:
     # OpenAI's optional response fields when the upstream gave them:
     # usage, size, quality, output_format, background.
     extra: dict[str, Any] = field(default_factory=dict)
+    # The upstream's own usage report (OpenAI `usage`, Gemini `usageMetadata`): the ledger
+    # keeps it and prices it (app/domain/cost.py).
+    usage: dict[str, Any] | None = None

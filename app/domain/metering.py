@@ -14,11 +14,13 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from app.core.config import GatewayConfig
 from app.core.errors import GatewayError
 from app.core.logging import fields, get_logger
 from app.core.metrics import Metrics
+from app.domain.cost import CostBook
 from app.domain.keys import hash_secret
 from app.domain.pricing import Quote
 from app.store.base import Admission, ApiKey, Store, StoreUnavailable, UsageRecord
@@ -64,6 +66,7 @@ class Hold:
     trace_id: str
     started: float
     admission: Admission | None = None
+    operation: str = "edit"
 
     @property
     def headers(self) -> dict[str, str]:
@@ -84,6 +87,12 @@ class Meter:
         self.metrics = metrics
         self._cache: dict[str, tuple[float, ApiKey]] = {}
         self._ttl = config.metering.key_cache_ttl_s
+        self.costs = CostBook(config)
+
+    def default_channel(self, model: str) -> str:
+        """The upstream a model is configured with: the channel when none was reported."""
+        model_cfg = self.config.models.get(model)
+        return model_cfg.upstream if model_cfg is not None else ""
 
     async def authenticate(self, authorization: str | None) -> ApiKey:
         if not authorization:
@@ -149,7 +158,13 @@ class Meter:
                 max_concurrency=conc,
                 now=now,
                 hold_s=hold_s or self.config.metering.reservation_ttl_s,
-                meta={"model": model, "tier": quote.tier, "trace_id": trace_id},
+                meta={
+                    "model": model,
+                    "tier": quote.tier,
+                    "trace_id": trace_id,
+                    "channel": self.default_channel(model),
+                    "operation": "edit",
+                },
             )
         except StoreUnavailable:
             raise unavailable() from None
@@ -185,16 +200,26 @@ class Meter:
         images: int,
         task_id: str,
         error_code: str | None = None,
+        usage: dict[str, Any] | None = None,
+        channel: str | None = None,
+        size: str | None = None,
     ) -> int:
-        """Charge for the images returned (0 on failure) and ledger it; returns the charge."""
+        """Charge for the images returned (0 on failure) and ledger it; returns the charge.
+
+        `usage` is what the upstream reported, `channel` the upstream that served the request
+        (default: the model's configured one) and `size` the size asked for: together they
+        give the row's upstream cost (app/domain/cost.py)."""
         charge = 0 if error_code else hold.quote.charge(images)
+        delivered = images if not error_code else 0
+        channel = channel or self.default_channel(hold.model)
+        cost = self.costs.cost(hold.model, channel, usage, images=delivered, size=size)
         now = self.clock()
         record = UsageRecord(
             reservation_id=hold.reservation_id,
             key_id=hold.key_id,
             model=hold.model,
             size_tier=hold.quote.tier,
-            images=images if not error_code else 0,
+            images=delivered,
             credits=charge,
             reserved=hold.quote.reserve,
             task_id=task_id,
@@ -203,6 +228,11 @@ class Meter:
             latency_ms=int((now - hold.started) * 1000),
             created_at=now,
             error_code=error_code,
+            channel=channel,
+            operation=hold.operation,
+            usage=usage,
+            cost_usd=cost.micro_usd,
+            cost_estimated=cost.estimated,
         )
         # Settling must not be lost to a cancelled request task: shield it.
         for attempt in range(3):

@@ -265,7 +265,9 @@ class EditService:
         except BaseException:
             await self.meter.settle(hold, images=0, task_id=task_id, error_code="api_error")
             raise
-        charge = await self.meter.settle(hold, images=len(out.images), task_id=task_id)
+        charge = await self.meter.settle(
+            hold, images=len(out.images), task_id=task_id, usage=out.usage, size=prep.req.size
+        )
         self.metrics.requests.inc(model=model, status="ok")
         self.metrics.credits.inc(charge / 1e6, model=model)
         self.metrics.gateway_latency.observe(

@@ -24,7 +24,14 @@ async def relay(
             kind = str(event.get("type", "message"))
             if kind.endswith(".completed") and not settled:
                 settled = True
-                charge = await meter.settle(hold, images=1, task_id=task_id)
+                usage = event.get("usage")  # the completed event's usage prices the request
+                charge = await meter.settle(
+                    hold,
+                    images=1,
+                    task_id=task_id,
+                    usage=usage if isinstance(usage, dict) else None,
+                    size=prep.req.size,
+                )
                 metrics.requests.inc(model=model, status="ok")
                 metrics.credits.inc(charge / 1e6, model=model)
             yield b"event: " + kind.encode() + b"\ndata: " + orjson.dumps(event) + b"\n\n"

@@ -89,6 +89,14 @@ def usage(edit: Edit, images_out: int) -> dict[str, Any]:
     }
 
 
+def stream_usage(edit: Edit) -> dict[str, Any]:
+    """The `usage` of a streamed `image_edit.completed` event: `ImagesUsage`, which has no
+    `output_tokens_details` (reference §1d), so all output tokens are image tokens."""
+    full = usage(edit, 1)
+    full.pop("output_tokens_details")
+    return full
+
+
 def _specs(edit: Edit, count: int, partials: int) -> list[RenderSpec]:
     first = edit.images[0].info
     return [
@@ -199,7 +207,7 @@ def _stream_response(
                     "b64_json": base64.b64encode(item.final).decode(),
                     "created_at": int(time.time()),
                     **common,
-                    "usage": usage(edit, 1),
+                    "usage": stream_usage(edit),
                 },
             )
 

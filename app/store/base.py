@@ -27,7 +27,9 @@ AdmitStatus = Literal[
     "ok", "invalid_token", "rate_limited", "concurrency_limited", "insufficient_credits"
 ]
 UsageStatus = Literal["succeeded", "failed", "expired"]
-GroupBy = Literal["day", "model", "key"]
+GroupBy = Literal["day", "model", "key", "channel", "operation"]
+GROUP_BYS: tuple[str, ...] = ("day", "model", "key", "channel", "operation")
+Operation = Literal["edit", "generate"]
 
 
 @dataclass(slots=True)
@@ -86,6 +88,15 @@ class UsageRecord:
     latency_ms: int
     created_at: float
     error_code: str | None = None
+    # Which upstream account served it ("" in rows older than channels) and what was asked.
+    channel: str = ""
+    operation: str = "edit"
+    # The upstream's own report (OpenAI `usage`, Gemini `usageMetadata`), when it sent one.
+    usage: dict[str, Any] | None = None
+    # What the upstream charged, in micro-dollars; estimated when no usage was reported
+    # (rows older than cost tracking read as 0, estimated).
+    cost_usd: int = 0
+    cost_estimated: bool = False
 
 
 @dataclass(slots=True)
@@ -97,16 +108,21 @@ class UsageQuery:
     model: str | None = None
     since: float | None = None
     until: float | None = None
+    channel: str | None = None
+    operation: str | None = None
+    status: str | None = None
 
 
 @dataclass(slots=True)
 class UsageGroup:
-    group: str  # the day (YYYY-MM-DD, UTC), model or key id
+    group: str  # the day (YYYY-MM-DD, UTC), model, key id, channel or operation
     requests: int = 0
     succeeded: int = 0
     failed: int = 0
     images: int = 0
     credits: int = 0
+    cost_usd: int = 0  # micro-dollars the upstream charged
+    estimated: int = 0  # rows whose cost is an estimate
 
 
 @dataclass(slots=True)
@@ -225,6 +241,17 @@ def check_key_id(key_id: str) -> str:
     if not _KEY_ID_RE.match(key_id):
         raise ValueError(f"invalid key id: {key_id!r}")
     return key_id
+
+
+def row_matches(query: UsageQuery, row: UsageRecord) -> bool:
+    """The non-time filters of `query` (the time range is each store's index lookup)."""
+    return (
+        (query.key_id is None or row.key_id == query.key_id)
+        and (query.model is None or row.model == query.model)
+        and (query.channel is None or row.channel == query.channel)
+        and (query.operation is None or row.operation == query.operation)
+        and (query.status is None or row.status == query.status)
+    )
 
 
 def check_admit_args(cost: int, rpm: int, max_concurrency: int, hold_s: float) -> None:

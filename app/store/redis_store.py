@@ -14,8 +14,10 @@ Key layout (prefix `ig` by default, K = the key id):
     ig:{K}:res       hash    live reservations: id -> "amount\\tadmitted_at\\tmeta json"
     ig:{K}:exp       zset    live reservations: id -> expires_at (sweep and `extend`)
     ig:{K}:ledger    zset    usage rows: "credits:reserved:record json", score created_at
-    ig:{K}:agg       hash    "day\\tmodel\\tmetric" -> count (requests, succeeded, failed,
-                             images, credits), updated by the same script that ledgers
+    ig:{K}:agg       hash    "2\\tday\\tchannel\\toperation\\tmodel\\tmetric" -> count (requests,
+                             succeeded, failed, images, credits, cost, estimated), updated by
+                             the same script that ledgers (older "day\\tmodel\\tmetric" fields
+                             still count, as channel "" and operation "edit")
     ig:{K}:credits   list    credit log (top-ups and deductions) as JSON, oldest first
     ig:keys                  set of live key ids (list_keys)
     ig:keys:known            set of every key id ever created (ledger queries and sweep: rows
@@ -66,6 +68,7 @@ from app.store.base import (
     check_admit_args,
     check_key_changes,
     check_key_id,
+    row_matches,
     utc_day,
 )
 from app.store.resp import RespClient, RespError
@@ -87,7 +90,16 @@ _UNAVAILABLE: tuple[type[BaseException], ...] = (
 )
 
 _LEDGER_PAGE = 500
-_METRICS = frozenset({"requests", "succeeded", "failed", "images", "credits"})
+# aggregate field metric -> UsageGroup attribute
+_AGG_METRICS = {
+    "requests": "requests",
+    "succeeded": "succeeded",
+    "failed": "failed",
+    "images": "images",
+    "credits": "credits",
+    "cost": "cost_usd",
+    "estimated": "estimated",
+}
 _SCAN_BATCH = 200
 
 
@@ -171,6 +183,11 @@ def _record_json(record: UsageRecord, key_id: str, reservation_id: str) -> str:
             "latency_ms": int(record.latency_ms),
             "created_at": float(record.created_at),
             "error_code": record.error_code,
+            "channel": record.channel,
+            "operation": record.operation,
+            "usage": record.usage,
+            "cost_usd": int(record.cost_usd),
+            "cost_estimated": bool(record.cost_estimated),
         },
         separators=(",", ":"),
     )
@@ -179,6 +196,7 @@ def _record_json(record: UsageRecord, key_id: str, reservation_id: str) -> str:
 def _parse_row(member: str) -> UsageRecord:
     credits, reserved, body = member.split(":", 2)
     d = json.loads(body)
+    usage = d.get("usage")
     return UsageRecord(
         reservation_id=str(d["reservation_id"]),
         key_id=str(d["key_id"]),
@@ -193,6 +211,12 @@ def _parse_row(member: str) -> UsageRecord:
         latency_ms=int(d.get("latency_ms", 0)),
         created_at=float(d["created_at"]),  # a string in rows written by Lua (exactness)
         error_code=d.get("error_code"),
+        # rows written before these columns existed read with the defaults
+        channel=str(d.get("channel") or ""),
+        operation=str(d.get("operation") or "edit"),
+        usage=usage if isinstance(usage, dict) else None,
+        cost_usd=int(d.get("cost_usd") or 0),
+        cost_estimated=bool(d.get("cost_estimated", True)),
     )
 
 
@@ -205,6 +229,19 @@ def _score_range(query: UsageQuery) -> tuple[str, str]:
 
 def _day_aligned(query: UsageQuery) -> bool:
     return all(t is None or float(t) % 86400 == 0 for t in (query.since, query.until))
+
+
+def _agg_field(field: str) -> tuple[str, str, str, str, str] | None:
+    """(day, channel, operation, model, metric) of an aggregate field, either layout."""
+    if field.startswith("2\t"):
+        parts = field.split("\t", 4)
+        if len(parts) < 5:
+            return None
+        _, day, channel, operation, rest = parts
+    else:  # written before channels: "day\tmodel\tmetric"
+        day, rest, channel, operation = field[:10], field[11:], "", "edit"
+    model, _, metric = rest.rpartition("\t")
+    return day, channel, operation, model, metric
 
 
 class RedisStore:
@@ -498,6 +535,10 @@ class RedisStore:
                     record.model,
                     "1" if record.status == "succeeded" else "0",
                     str(int(record.images)),
+                    record.channel.replace("\t", " "),
+                    record.operation.replace("\t", " "),
+                    str(int(record.cost_usd)),
+                    "1" if record.cost_estimated else "0",
                 ],
             )
         return int(charged) >= 0
@@ -546,7 +587,7 @@ class RedisStore:
             )
             for member in page:
                 row = _parse_row(str(member))
-                if query.model is None or row.model == query.model:
+                if row_matches(query, row):
                     out.append(row)
             if len(page) < _LEDGER_PAGE:
                 break
@@ -586,13 +627,15 @@ class RedisStore:
             setattr(g, metric, getattr(g, metric) + n)
 
         async with self._guard():
-            if not _day_aligned(query):
+            if not _day_aligned(query) or query.status is not None:
                 for row in await self._rows(query, None):
-                    group = _group_of(group_by, utc_day(row.created_at), row.model, row.key_id)
+                    group = _group_of(group_by, utc_day(row.created_at), row)
                     bump(group, "requests", 1)
                     bump(group, "succeeded" if row.status == "succeeded" else "failed", 1)
                     bump(group, "images", row.images)
                     bump(group, "credits", row.credits)
+                    bump(group, "cost_usd", row.cost_usd)
+                    bump(group, "estimated", int(row.cost_estimated))
                 return sorted(groups.values(), key=lambda g: g.group)
             ids = await self._ledger_ids(query)
             first = utc_day(query.since) if query.since is not None else None
@@ -603,30 +646,38 @@ class RedisStore:
                     pipe.hgetall(self._k(key_id, "agg"))
                 for key_id, agg in zip(batch, await pipe.execute(), strict=True):
                     for field, value in agg.items():
-                        # "YYYY-MM-DD\tmodel\tmetric"; a model name may contain anything
-                        day, rest = field[:10], field[11:]
-                        model, _, metric = rest.rpartition("\t")
-                        if metric not in _METRICS:
+                        parsed = _agg_field(field)
+                        if parsed is None:
                             continue
-                        if query.model is not None and model != query.model:
+                        day, channel, operation, model, metric = parsed
+                        metric = _AGG_METRICS.get(metric, "")
+                        if not metric:
+                            continue
+                        if (
+                            (query.model is not None and model != query.model)
+                            or (query.channel is not None and channel != query.channel)
+                            or (query.operation is not None and operation != query.operation)
+                        ):
                             continue
                         if (first is not None and day < first) or (
                             stop is not None and day >= stop
                         ):
                             continue
-                        bump(_group_of(group_by, day, model, key_id), metric, int(value))
+                        group = _pick(group_by, day, key_id, model, channel, operation)
+                        bump(group, metric, int(value))
         # a day with only zero counters cannot exist: every row bumps `requests`
         return sorted(groups.values(), key=lambda g: g.group)
 
 
-def _group_of(group_by: GroupBy, day: str, model: str, key_id: str) -> str:
-    if group_by == "day":
-        return day
-    if group_by == "model":
-        return model
-    if group_by == "key":
-        return key_id
-    raise ValueError(f"unknown group_by: {group_by!r}")
+def _pick(group_by: str, day: str, key_id: str, model: str, channel: str, operation: str) -> str:
+    by = {"day": day, "key": key_id, "model": model, "channel": channel, "operation": operation}
+    if group_by not in by:
+        raise ValueError(f"unknown group_by: {group_by!r}")
+    return by[group_by]
+
+
+def _group_of(group_by: GroupBy, day: str, row: UsageRecord) -> str:
+    return _pick(group_by, day, row.key_id, row.model, row.channel, row.operation)
 
 
 def _batches(items: list[str], size: int) -> Iterable[list[str]]:

@@ -13,7 +13,8 @@ Why it is shaped like this:
 - The semantics (sliding window, order of checks, lazy sweep in `admit`, ledger rows of
   expired reservations) mirror `redis_store` exactly; one contract suite runs against both.
 
-Schema (created on open, idempotent):
+Schema (created on open, idempotent; columns added later are added to older files by
+`migrate`):
 
     keys          one row per API key; `balance` is the authoritative balance (CHECK >= 0)
     rate_window   the rpm sliding-window log: (key_id, ts, reservation_id)
@@ -98,7 +99,12 @@ CREATE TABLE IF NOT EXISTS usage (
     status          TEXT NOT NULL,
     latency_ms      INTEGER NOT NULL,
     created_at      REAL NOT NULL,
-    error_code      TEXT
+    error_code      TEXT,
+    channel         TEXT NOT NULL DEFAULT '',
+    operation       TEXT NOT NULL DEFAULT 'edit',
+    usage           TEXT,
+    cost_usd        INTEGER NOT NULL DEFAULT 0,
+    cost_estimated  INTEGER NOT NULL DEFAULT 1
 );
 CREATE INDEX IF NOT EXISTS usage_created ON usage (created_at);
 CREATE INDEX IF NOT EXISTS usage_key_created ON usage (key_id, created_at);
@@ -114,18 +120,45 @@ CREATE TABLE IF NOT EXISTS credit_log (
 CREATE INDEX IF NOT EXISTS credit_log_key ON credit_log (key_id, seq);
 """
 
+# Columns added after the first release: (table, column, definition). A file created by an
+# older version gets them on open; its old rows read the defaults (no channel, an edit, no
+# reported usage, cost 0 estimated).
+MIGRATIONS = (
+    ("usage", "channel", "TEXT NOT NULL DEFAULT ''"),
+    ("usage", "operation", "TEXT NOT NULL DEFAULT 'edit'"),
+    ("usage", "usage", "TEXT"),
+    ("usage", "cost_usd", "INTEGER NOT NULL DEFAULT 0"),
+    ("usage", "cost_estimated", "INTEGER NOT NULL DEFAULT 1"),
+)
+
+
+def migrate(conn: sqlite3.Connection) -> None:
+    """Add the columns an older file lacks (inside the caller's transaction)."""
+    have: dict[str, set[str]] = {}
+    for table, column, definition in MIGRATIONS:
+        if table not in have:
+            have[table] = {r[1] for r in conn.execute(f"PRAGMA table_info({table})")}
+        if column not in have[table]:
+            conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {definition}")
+            have[table].add(column)
+
+
 _KEY_COLUMNS = (
     "id, name, key_hash, prefix, balance, webhook_secret, created_at, rpm, max_concurrency,"
     " models, expires_at, disabled"
 )
 _USAGE_COLUMNS = (
     "reservation_id, key_id, model, size_tier, images, credits, reserved, task_id, trace_id,"
-    " status, latency_ms, created_at, error_code"
+    " status, latency_ms, created_at, error_code, channel, operation, usage, cost_usd,"
+    " cost_estimated"
 )
+_USAGE_INSERT = f"INSERT INTO usage ({_USAGE_COLUMNS}) VALUES ({','.join('?' * 18)})"
 _GROUP_EXPR = {
     "day": "strftime('%Y-%m-%d', created_at, 'unixepoch')",
     "model": "model",
     "key": "key_id",
+    "channel": "channel",
+    "operation": "operation",
 }
 # Sweeping inside admit is bounded so one request never pays for a huge backlog.
 _ADMIT_SWEEP_LIMIT = 64
@@ -165,7 +198,22 @@ def _usage_from_row(row: tuple[Any, ...]) -> UsageRecord:
         latency_ms=int(row[10]),
         created_at=float(row[11]),
         error_code=row[12],
+        channel=row[13],
+        operation=row[14],
+        usage=_usage_json(row[15]),
+        cost_usd=int(row[16]),
+        cost_estimated=bool(row[17]),
     )
+
+
+def _usage_json(text: str | None) -> dict[str, Any] | None:
+    if text is None:
+        return None
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
 
 
 def _where(query: UsageQuery) -> tuple[str, list[Any]]:
@@ -174,9 +222,11 @@ def _where(query: UsageQuery) -> tuple[str, list[Any]]:
     if query.key_id is not None:
         clauses.append("key_id = ?")
         params.append(query.key_id)
-    if query.model is not None:
-        clauses.append("model = ?")
-        params.append(query.model)
+    for column in ("model", "channel", "operation", "status"):
+        value = getattr(query, column)
+        if value is not None:
+            clauses.append(f"{column} = ?")
+            params.append(value)
     if query.since is not None:
         clauses.append("created_at >= ?")
         params.append(float(query.since))
@@ -205,7 +255,7 @@ def _sweep_rows(conn: sqlite3.Connection, rows: list[tuple[Any, ...]], now: floa
         if not isinstance(meta, dict):
             meta = {}
         conn.execute(
-            f"INSERT INTO usage ({_USAGE_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            _USAGE_INSERT,
             (
                 rid,
                 key_id,
@@ -220,6 +270,11 @@ def _sweep_rows(conn: sqlite3.Connection, rows: list[tuple[Any, ...]], now: floa
                 max(0, int((now - admitted_at) * 1000)),
                 now,
                 EXPIRED_ERROR_CODE,
+                _meta_str(meta, "channel", ""),
+                _meta_str(meta, "operation", "edit"),
+                None,
+                0,
+                1,
             ),
         )
     return len(rows)
@@ -264,7 +319,9 @@ class SQLiteStore:
         conn.execute(f"PRAGMA busy_timeout={int(self._busy_timeout_s * 1000)}")
         # schema creation is a write: one locked transaction, so processes opening at once agree
         try:
-            conn.executescript("BEGIN IMMEDIATE;" + SCHEMA + "COMMIT;")
+            conn.executescript("BEGIN IMMEDIATE;" + SCHEMA)
+            migrate(conn)
+            conn.execute("COMMIT")
         except BaseException:
             conn.close()
             raise
@@ -545,6 +602,9 @@ class SQLiteStore:
         the row -- once (the DELETE of the reservation is the idempotency check)."""
         if charge < 0:
             raise ValueError("charge must be >= 0")
+        usage_s = (
+            json.dumps(record.usage, separators=(",", ":")) if record.usage is not None else None
+        )
 
         def op(conn: sqlite3.Connection) -> bool:
             row = conn.execute(
@@ -561,7 +621,7 @@ class SQLiteStore:
                     (reserved - charged, key_id),
                 )
             conn.execute(
-                f"INSERT INTO usage ({_USAGE_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                _USAGE_INSERT,
                 (
                     reservation_id,
                     key_id,
@@ -576,6 +636,11 @@ class SQLiteStore:
                     int(record.latency_ms),
                     float(record.created_at),
                     record.error_code,
+                    record.channel,
+                    record.operation,
+                    usage_s,
+                    int(record.cost_usd),
+                    int(record.cost_estimated),
                 ),
             )
             return True
@@ -622,14 +687,15 @@ class SQLiteStore:
         where, params = _where(query)
         sql = (
             f"SELECT {expr} AS g, COUNT(*), SUM(status = 'succeeded'), SUM(status != 'succeeded'),"
-            f" SUM(images), SUM(credits) FROM usage{where} GROUP BY g ORDER BY g"
+            f" SUM(images), SUM(credits), SUM(cost_usd), SUM(cost_estimated)"
+            f" FROM usage{where} GROUP BY g ORDER BY g"
         )
 
         def op() -> list[UsageGroup]:
             cur = self._connection().execute(sql, params)
             return [
-                UsageGroup(str(g), int(r), int(s), int(f), int(i), int(c))
-                for g, r, s, f, i, c in cur.fetchall()
+                UsageGroup(str(g), int(r), int(s), int(f), int(i), int(c), int(u), int(e))
+                for g, r, s, f, i, c, u, e in cur.fetchall()
             ]
 
         return await self._run(op)

@@ -366,19 +366,25 @@ async def test_usage_summary_groups(store: Store) -> None:
     day1, day2 = "2024-06-01", "2024-06-02"
     assert await store.usage_summary(UsageQuery(), "day") == [
         UsageGroup(day1, requests=4, succeeded=3, failed=1, images=3, credits=120_000),
-        UsageGroup(day2, requests=2, succeeded=1, failed=1, images=2, credits=40_000),
+        UsageGroup(day2, requests=2, succeeded=1, failed=1, images=2, credits=40_000, estimated=1),
     ]
     assert await store.usage_summary(UsageQuery(), "model") == [
         UsageGroup("dall-e-2", requests=3, succeeded=2, failed=1, images=3, credits=60_000),
-        UsageGroup("gpt-image-1", requests=3, succeeded=2, failed=1, images=2, credits=100_000),
+        UsageGroup(
+            "gpt-image-1", requests=3, succeeded=2, failed=1, images=2, credits=100_000, estimated=1
+        ),
     ]
     assert await store.usage_summary(UsageQuery(), "key") == [
-        UsageGroup("key_a", requests=5, succeeded=3, failed=2, images=4, credits=140_000),
+        UsageGroup(
+            "key_a", requests=5, succeeded=3, failed=2, images=4, credits=140_000, estimated=1
+        ),
         UsageGroup("key_b", requests=1, succeeded=1, failed=0, images=1, credits=20_000),
     ]
     # filters: whole days (the Redis store answers from its aggregates) ...
     assert await store.usage_summary(UsageQuery(since=T0 + DAY), "key") == [
-        UsageGroup("key_a", requests=2, succeeded=1, failed=1, images=2, credits=40_000),
+        UsageGroup(
+            "key_a", requests=2, succeeded=1, failed=1, images=2, credits=40_000, estimated=1
+        ),
     ]
     assert await store.usage_summary(UsageQuery(until=T0 + DAY, model="dall-e-2"), "day") == [
         UsageGroup(day1, requests=2, succeeded=1, failed=1, images=1, credits=20_000),
@@ -391,7 +397,7 @@ async def test_usage_summary_groups(store: Store) -> None:
     q = UsageQuery(key_id="key_a", since=T0 + 0.5)
     assert await store.usage_summary(q, "day") == [
         UsageGroup(day1, requests=3, succeeded=2, failed=1, images=2, credits=100_000),
-        UsageGroup(day2, requests=2, succeeded=1, failed=1, images=2, credits=40_000),
+        UsageGroup(day2, requests=2, succeeded=1, failed=1, images=2, credits=40_000, estimated=1),
     ]
     assert await store.usage_summary(UsageQuery(key_id="key_missing"), "day") == []
 
@@ -549,3 +555,76 @@ async def test_reopen_keeps_state(backend: Backend) -> None:
     assert await balance(second) == 860_000
     assert await second.settle("r1", KEY, 100_000, record("r1"))
     assert await balance(second) == 900_000
+
+
+# --- channel, operation, upstream usage and cost
+
+
+async def test_ledger_keeps_channel_operation_usage_and_cost(store: Store) -> None:
+    """Rows keep who served them, what was asked, the upstream's report and its cost; the
+    group-bys by channel and operation agree on both summary paths (whole days and instants)."""
+    await store.create_key(make_key("key_a", balance=10_000_000))
+    usage = {"input_tokens": 50, "input_tokens_details": {"text_tokens": 10, "image_tokens": 40}}
+
+    async def one(rid: str, at: float, channel: str, operation: str, cost: int, **kw: Any) -> None:
+        meta = {"model": "gpt-image-1", "channel": channel, "operation": operation}
+        assert (await admit(store, rid, at, key_id="key_a", meta=meta)).ok
+        row = record(rid, key_id="key_a", at=at + 1, **kw)
+        row.channel, row.operation, row.cost_usd = channel, operation, cost
+        row.usage = usage if cost else None
+        row.cost_estimated = not cost
+        assert await store.settle(rid, "key_a", 10_000, row)
+
+    await one("c1", T0 + 10, "openai-a", "edit", 42_120)
+    await one("c2", T0 + 20, "openai-b", "edit", 0)
+    await one("c3", T0 + 30, "openai-b", "generate", 1_000_001)
+    await one("c4", T0 + 40, "openai-b", "edit", 0, status="failed", images=0)
+    assert (await admit(store, "c5", T0 + 50, key_id="key_a", hold_s=5, meta={
+        "model": "gpt-image-1", "channel": "openai-a", "operation": "generate"})).ok  # fmt: skip
+    assert await store.sweep(T0 + 100) == 1
+
+    rows = {r.reservation_id: r for r in await store.usage_records(UsageQuery())}
+    assert (rows["c1"].channel, rows["c1"].operation, rows["c1"].usage) == (
+        "openai-a",
+        "edit",
+        usage,
+    )
+    assert (rows["c1"].cost_usd, rows["c1"].cost_estimated) == (42_120, False)
+    assert (rows["c2"].cost_usd, rows["c2"].cost_estimated, rows["c2"].usage) == (0, True, None)
+    assert (rows["c3"].operation, rows["c3"].cost_usd) == ("generate", 1_000_001)
+    expired = rows["c5"]
+    assert (expired.status, expired.channel, expired.operation) == (
+        "expired",
+        "openai-a",
+        "generate",
+    )
+    assert (expired.cost_usd, expired.cost_estimated, expired.usage) == (0, True, None)
+
+    def ids(rs: list[UsageRecord]) -> list[str]:
+        return sorted(r.reservation_id for r in rs)
+
+    assert ids(await store.usage_records(UsageQuery(channel="openai-b"))) == ["c2", "c3", "c4"]
+    assert ids(await store.usage_records(UsageQuery(operation="generate"))) == ["c3", "c5"]
+    assert ids(await store.usage_records(UsageQuery(status="failed"))) == ["c4"]
+    assert ids(await store.usage_records(UsageQuery(status="expired", channel="openai-a"))) == [
+        "c5"
+    ]
+
+    by_channel = [
+        UsageGroup("openai-a", 2, 1, 1, 1, 10_000, cost_usd=42_120, estimated=1),
+        UsageGroup("openai-b", 3, 2, 1, 2, 30_000, cost_usd=1_000_001, estimated=2),
+    ]
+    by_operation = [
+        UsageGroup("edit", 3, 2, 1, 2, 30_000, cost_usd=42_120, estimated=2),
+        UsageGroup("generate", 2, 1, 1, 1, 10_000, cost_usd=1_000_001, estimated=1),
+    ]
+    for q in (UsageQuery(), UsageQuery(since=T0 + 1)):  # aggregates, then a ledger scan
+        assert await store.usage_summary(q, "channel") == by_channel
+        assert await store.usage_summary(q, "operation") == by_operation
+    assert await store.usage_summary(UsageQuery(channel="openai-b"), "operation") == [
+        UsageGroup("edit", 2, 1, 1, 1, 20_000, cost_usd=0, estimated=2),
+        UsageGroup("generate", 1, 1, 0, 1, 10_000, cost_usd=1_000_001, estimated=0),
+    ]
+    assert await store.usage_summary(UsageQuery(status="failed"), "day") == [
+        UsageGroup("2024-06-01", 1, 0, 1, 0, 10_000, cost_usd=0, estimated=1),
+    ]

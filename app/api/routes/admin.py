@@ -15,7 +15,14 @@ from starlette.responses import Response
 
 from app.api.deps import AdminGateway, admin_router
 from app.api.responses import JSONResponse
-from app.api.views import RECORD_COLUMNS, group_view, key_view, parse_time, record_view
+from app.api.views import (
+    RECORD_COLUMNS,
+    group_view,
+    key_view,
+    parse_time,
+    record_csv_row,
+    record_view,
+)
 from app.core.errors import bad_request
 from app.core.money import credits_json
 from app.domain.keys import parse_credits
@@ -114,12 +121,17 @@ def _query(request: Request) -> UsageQuery:
         model=q.get("model") or None,
         since=parse_time(q.get("since"), "since"),
         until=parse_time(q.get("until"), "until"),
+        channel=q.get("channel") or None,
+        operation=q.get("operation") or None,
+        status=q.get("status") or None,
     )
 
 
-@router.get("/usage", summary="Usage aggregates: requests, images, credits")
+@router.get("/usage", summary="Usage aggregates: requests, images, credits, upstream cost (USD)")
 async def usage(
-    gw: AdminGateway, request: Request, group_by: Literal["day", "model", "key"] = "day"
+    gw: AdminGateway,
+    request: Request,
+    group_by: Literal["day", "model", "key", "channel", "operation"] = "day",
 ) -> JSONResponse:
     groups = await gw.store.usage_summary(_query(request), group_by)
     return JSONResponse({"group_by": group_by, "data": [group_view(g) for g in groups]})
@@ -132,12 +144,11 @@ async def usage_records(
     if not 1 <= limit <= 10_000 or offset < 0:
         raise bad_request("limit must be 1..10000 and offset >= 0", "limit")
     rows = await gw.store.usage_records(_query(request), limit=limit, offset=offset)
-    views = [record_view(r) for r in rows]
     if format == "csv":
         buf = io.StringIO()
         writer = csv.DictWriter(buf, fieldnames=RECORD_COLUMNS)
         writer.writeheader()
-        writer.writerows(views)
+        writer.writerows(record_csv_row(r) for r in rows)
         return Response(
             buf.getvalue(),
             media_type="text/csv",
@@ -145,5 +156,6 @@ async def usage_records(
         )
     if format != "json":
         raise bad_request("format must be json or csv", "format")
+    views = [record_view(r) for r in rows]
     nxt = offset + len(views) if len(views) == limit else None
     return JSONResponse({"data": views, "limit": limit, "offset": offset, "next_offset": nxt})

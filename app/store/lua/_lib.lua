@@ -18,10 +18,14 @@ local function parse_reservation(v)
   return string.sub(v, 1, a - 1), string.sub(v, a + 1, b - 1), string.sub(v, b + 1)
 end
 
--- Append a ledger row and bump the per (day, model) aggregates of the key.
-local function ledger_add(ledger, agg, score, member, day, model, succeeded, images, credits)
+-- Append a ledger row and bump the per (day, channel, operation, model) aggregates of the
+-- key. Fields are "2\t<day>\t<channel>\t<operation>\t<model>\t<metric>"; the leading "2"
+-- tells them from fields written before channels ("<day>\t<model>\t<metric>").
+-- `cost` is in micro-dollars, `estimated` a boolean.
+local function ledger_add(ledger, agg, score, member, day, model, succeeded, images, credits,
+                          channel, operation, cost, estimated)
   redis.call('ZADD', ledger, score, member)
-  local p = day .. '\t' .. model .. '\t'
+  local p = '2\t' .. day .. '\t' .. channel .. '\t' .. operation .. '\t' .. model .. '\t'
   redis.call('HINCRBY', agg, p .. 'requests', 1)
   if succeeded then
     redis.call('HINCRBY', agg, p .. 'succeeded', 1)
@@ -33,6 +37,12 @@ local function ledger_add(ledger, agg, score, member, day, model, succeeded, ima
   end
   if credits ~= '0' then
     redis.call('HINCRBY', agg, p .. 'credits', credits)
+  end
+  if cost ~= '0' then
+    redis.call('HINCRBY', agg, p .. 'cost', cost)
+  end
+  if estimated then
+    redis.call('HINCRBY', agg, p .. 'estimated', 1)
   end
 end
 
@@ -74,6 +84,8 @@ local function sweep_key(kh, res, exp, ledger, agg, key_id, now_s, day, limit)
         meta = {}
       end
       local model = meta_str(meta, 'model', '')
+      local channel = meta_str(meta, 'channel', '')
+      local operation = meta_str(meta, 'operation', 'edit')
       local latency = math.floor((now - tonumber(admitted)) * 1000)
       if latency < 0 then
         latency = 0
@@ -90,9 +102,13 @@ local function sweep_key(kh, res, exp, ledger, agg, key_id, now_s, day, limit)
         latency_ms = latency,
         created_at = now_s,
         error_code = 'reservation_expired',
+        channel = channel,
+        operation = operation,
+        cost_usd = 0,
+        cost_estimated = true,
       }
       ledger_add(ledger, agg, now_s, '0:' .. amount .. ':' .. cjson.encode(row), day, model,
-        false, '0', '0')
+        false, '0', '0', channel, operation, '0', true)
     end
   end
   return n
