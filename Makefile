@@ -1,4 +1,6 @@
-.PHONY: install serve test lint format typecheck bench
+.PHONY: install serve test lint format typecheck bench fuzz
+
+FUZZ_SECONDS ?= 60
 
 install:
 	python3 -m pip install -e ".[dev]"
@@ -25,3 +27,7 @@ typecheck:
 
 bench:
 	python3 -m bench
+
+# Coverage-guided fuzzing (atheris) of the body parsers and the image sniffer, FUZZ_SECONDS each.
+fuzz:
+	python3 -m fuzz all --seconds $(FUZZ_SECONDS)

@@ -64,6 +64,7 @@ class FastMultipartParser:
         self._keep = len(self._delim) - 1  # bytes that may be a delimiter's start
         self._state = _PREAMBLE
         self._buf = b""  # unconsumed bytes carried from earlier chunks (always small)
+        self._skipped = 0  # preamble bytes dropped before the first boundary was found
         cb = callbacks.get
         self._on_part_begin = cb("on_part_begin") or _noop
         self._on_header_field = cb("on_header_field") or _noop
@@ -135,10 +136,13 @@ class FastMultipartParser:
             elif state == _PREAMBLE:
                 found = data.find(self._dash_boundary, pos)
                 if found < 0:
-                    # keep what could be the start of the first boundary
-                    self._buf = data[max(pos, n - len(self._dash_boundary)) :]
+                    # Keep what could be the start of the first boundary and the CRLF before it,
+                    # so the check below sees the same bytes however the body was chunked.
+                    keep = max(pos, n - len(self._dash_boundary) - 2)
+                    self._skipped += keep
+                    self._buf = data[keep:]
                     break
-                if found > 0 and data[found - 2 : found] != b"\r\n":
+                if (found or self._skipped) and data[found - 2 : found] != b"\r\n":
                     raise MultipartError("malformed multipart body before the first boundary")
                 pos = found + len(self._dash_boundary)
                 self._state = _AFTER_DELIM
