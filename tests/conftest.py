@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
+from hypothesis import configuration
 
 from tests.support.redis_server import RedisServer
+
+# Hypothesis caches (unicode tables, constants) go to the temp dir, not the worktree; the property
+# tests keep no example database (see tests/e2e/test_properties.py).
+configuration.set_hypothesis_home_dir(Path(tempfile.gettempdir()) / "imagegate-hypothesis")
 
 
 @pytest.fixture(scope="session")

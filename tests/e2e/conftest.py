@@ -92,6 +92,7 @@ def start_stack(
     allow_private: bool = False,
     public_base_url: str | None = None,
     config_file: Path | None = None,
+    redis_url: str | None = None,
     **overrides: Any,
 ) -> Stack:
     data_dir = Path(tempfile.mkdtemp(prefix="imagegate-e2e-"))
@@ -100,7 +101,7 @@ def start_stack(
         data_dir=data_dir,
         admin_key=ADMIN_KEY,
         allow_private_urls=allow_private,
-        redis_url=None,
+        redis_url=redis_url,
         public_base_url=public_base_url,
     )
     config = gateway_config(settings, sim.url, config_file, **overrides)

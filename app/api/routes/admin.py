@@ -9,7 +9,7 @@ import csv
 import io
 from typing import Any, Literal
 
-from fastapi import Request
+from fastapi import Query, Request
 from pydantic import BaseModel, ConfigDict, Field, StrictInt
 from starlette.responses import Response
 
@@ -137,12 +137,19 @@ async def usage(
     return JSONResponse({"group_by": group_by, "data": [group_view(g) for g in groups]})
 
 
+# Both stores keep offsets in 64-bit integers; 2**53 - 1 is also the largest a JSON client reads
+# exactly. Beyond the ledger's end the page is simply empty.
+MAX_OFFSET = 2**53 - 1
+
+
 @router.get("/usage/records", summary="Ledger rows, newest first; format=csv to export")
 async def usage_records(
-    gw: AdminGateway, request: Request, limit: int = 100, offset: int = 0, format: str = "json"
+    gw: AdminGateway,
+    request: Request,
+    limit: int = Query(100, ge=1, le=10_000),
+    offset: int = Query(0, ge=0, le=MAX_OFFSET),
+    format: str = "json",
 ) -> Response:
-    if not 1 <= limit <= 10_000 or offset < 0:
-        raise bad_request("limit must be 1..10000 and offset >= 0", "limit")
     rows = await gw.store.usage_records(_query(request), limit=limit, offset=offset)
     if format == "csv":
         buf = io.StringIO()
