@@ -80,6 +80,10 @@ def serve(
     if settings.malloc_tuning:
         tune_malloc()
     if workers <= 1:
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):  # an operator's choice: start it clean
+            from app.core.metrics import multiprocess_dir_for_group
+
+            multiprocess_dir_for_group()
         _run(_main(settings, config, host, port))
         return 0
     return _serve_forked(settings, config, host, port, workers)
@@ -90,10 +94,13 @@ def _serve_forked(
 ) -> int:
     """N gateway processes accepting on one shared socket (one per core): the same
     multi-replica layout as several machines sharing a store, on one machine."""
+    from app.core.metrics import multiprocess_dir_for_group, process_exited, remove_group_dir
     from app.gateway import ensure_admin_key
 
     # Decided once, before forking, so the workers don't race to generate it.
     settings.admin_key = ensure_admin_key(settings)
+    # One metrics directory for the group, so any process's /metrics answers the group's totals.
+    metrics_dir, owned_metrics_dir = multiprocess_dir_for_group()
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
@@ -119,19 +126,21 @@ def _serve_forked(
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
     status = 0
-    for pid in children:
-        while True:
-            try:
-                _, code = os.waitpid(pid, 0)
-                break
-            except ChildProcessError:
-                code = 0
-                break
-            except InterruptedError:  # pragma: no cover - PEP 475 retries for us
-                continue
+    remaining = set(children)
+    while remaining:
+        try:
+            pid, code = os.waitpid(-1, 0)
+        except ChildProcessError:
+            break
+        if pid not in remaining:
+            continue
+        remaining.discard(pid)
+        process_exited(pid)
         if os.waitstatus_to_exitcode(code) not in (0, -signal.SIGTERM, -signal.SIGINT):
             status = 1
     sock.close()
+    if owned_metrics_dir:
+        remove_group_dir(metrics_dir)
     return status
 
 

@@ -1,109 +1,161 @@
-"""A small in-process Prometheus registry: counters, gauges (by callback) and histograms.
+"""The gateway's Prometheus metrics, kept by `prometheus_client`.
 
-Kept dependency-free and cheap (a dict update per observation) because it sits on the hot
-path; `/metrics` renders the text exposition format on demand.
+One process (`imagegate serve`, the tests) keeps them in memory. A process group
+(`imagegate serve --workers N`) uses prometheus_client's multiprocess mode: every process writes
+its values to memory-mapped files in `PROMETHEUS_MULTIPROC_DIR`, and `/metrics` sums the files
+of the whole group, so each scrape returns the group's totals whichever process answers it.
+`multiprocess_dir_for_group` prepares that directory in the parent before it forks, and
+`process_exited` does the bookkeeping when a child ends (docs/OPERATIONS.md, "Metrics").
+
+The wrappers keep the call sites short (`metrics.requests.inc(model=m, status="ok")`) and cache
+each label set's child, because `labels()` costs more than the increment itself.
 """
 
 from __future__ import annotations
 
-import bisect
-from collections import defaultdict
-from collections.abc import Callable, Iterable
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
 
-Labels = tuple[tuple[str, str], ...]
+import prometheus_client
+from prometheus_client import CollectorRegistry, generate_latest, values
+from prometheus_client import Counter as _Counter
+from prometheus_client import Gauge as _Gauge
+from prometheus_client import Histogram as _Histogram
+from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+CONTENT_TYPE = prometheus_client.CONTENT_TYPE_LATEST
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60,
                    120, 300)  # fmt: skip
 
+# `*_created` series only say when a process first saw a label set; they double the output.
+prometheus_client.disable_created_metrics()
 
-def _labels(labels: dict[str, str]) -> Labels:
-    return tuple(sorted(labels.items()))
+
+def multiprocess_dir() -> str | None:
+    return os.environ.get(MULTIPROC_ENV) or None
 
 
-def _fmt(labels: Labels, extra: Iterable[tuple[str, str]] = ()) -> str:
-    items = list(labels) + list(extra)
-    if not items:
-        return ""
-    body = ",".join(f'{k}="{str(v).replace(chr(34), "")}"' for k, v in items)
-    return "{" + body + "}"
+def multiprocess_dir_for_group() -> tuple[Path, bool]:
+    """Set up `PROMETHEUS_MULTIPROC_DIR` for a process group about to fork; call it in the
+    parent before the first fork. An operator's directory is emptied (files of an earlier run
+    would be summed in); without one a private temporary directory is made. Returns the
+    directory and whether the caller owns it (removes it at exit)."""
+    given = multiprocess_dir()
+    if given:
+        path = Path(given)
+        path.mkdir(parents=True, exist_ok=True)
+        for stale in path.glob("*.db"):
+            stale.unlink()
+        owned = False
+    else:
+        path = Path(tempfile.mkdtemp(prefix="imagegate-metrics-"))
+        os.environ[MULTIPROC_ENV] = str(path)
+        owned = True
+    _use_multiprocess_values()
+    return path, owned
+
+
+def process_exited(pid: int) -> None:
+    """A process of the group ended: drop its live-gauge files (its counters stay summed)."""
+    path = multiprocess_dir()
+    if path:
+        mark_process_dead(pid, path)
+
+
+def remove_group_dir(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)
+    if os.environ.get(MULTIPROC_ENV) == str(path):
+        del os.environ[MULTIPROC_ENV]
+
+
+def _use_multiprocess_values() -> None:
+    # prometheus_client picks its value class when it is first imported; re-pick it in case it
+    # was imported before the directory was set (the metrics are created after this, per process).
+    if multiprocess_dir() and not getattr(values.ValueClass, "_multiprocess", False):
+        values.ValueClass = values.get_value_class()
 
 
 class Counter:
-    def __init__(self, name: str, help: str) -> None:
-        self.name, self.help = name, help
-        self.values: dict[Labels, float] = defaultdict(float)
+    __slots__ = ("_children", "_metric")
+
+    def __init__(self, metric: _Counter) -> None:
+        self._metric = metric
+        self._children: dict[tuple[tuple[str, str], ...], Any] = {}
 
     def inc(self, amount: float = 1, **labels: str) -> None:
-        self.values[_labels(labels)] += amount
-
-    def render(self) -> list[str]:
-        lines = [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} counter"]
-        lines += [f"{self.name}{_fmt(k)} {v:g}" for k, v in self.values.items()]
-        return lines
+        key = tuple(labels.items())
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = self._metric.labels(**labels)
+        child.inc(amount)
 
 
 class Histogram:
-    def __init__(self, name: str, help: str, buckets: tuple[float, ...] = LATENCY_BUCKETS) -> None:
-        self.name, self.help, self.buckets = name, help, buckets
-        self.counts: dict[Labels, list[int]] = {}
-        self.sums: dict[Labels, float] = defaultdict(float)
+    __slots__ = ("_children", "_metric")
+
+    def __init__(self, metric: _Histogram) -> None:
+        self._metric = metric
+        self._children: dict[tuple[tuple[str, str], ...], Any] = {}
 
     def observe(self, value: float, **labels: str) -> None:
-        key = _labels(labels)
-        counts = self.counts.get(key)
-        if counts is None:
-            counts = self.counts[key] = [0] * (len(self.buckets) + 1)
-        counts[bisect.bisect_left(self.buckets, value)] += 1
-        self.sums[key] += value
-
-    def render(self) -> list[str]:
-        lines = [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} histogram"]
-        for key, counts in self.counts.items():
-            total = 0
-            for bound, c in zip(self.buckets, counts, strict=False):
-                total += c
-                lines.append(f"{self.name}_bucket{_fmt(key, [('le', f'{bound:g}')])} {total}")
-            total += counts[-1]
-            lines.append(f"{self.name}_bucket{_fmt(key, [('le', '+Inf')])} {total}")
-            lines.append(f"{self.name}_sum{_fmt(key)} {self.sums[key]:g}")
-            lines.append(f"{self.name}_count{_fmt(key)} {total}")
-        return lines
-
-
-class Gauge:
-    """A gauge read when /metrics is scraped (e.g. queue depth from the store)."""
-
-    def __init__(self, name: str, help: str) -> None:
-        self.name, self.help = name, help
-        self.value: float = 0
-        self.reader: Callable[[], float] | None = None
-
-    def set(self, value: float) -> None:
-        self.value = value
-
-    def render(self) -> list[str]:
-        return [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} gauge",
-                f"{self.name} {self.value:g}"]  # fmt: skip
+        key = tuple(labels.items())
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = self._metric.labels(**labels)
+        child.observe(value)
 
 
 class Metrics:
-    def __init__(self) -> None:
-        self.requests = Counter("imagegate_requests_total", "Edit requests by model and status")
-        self.gateway_latency = Histogram(
-            "imagegate_gateway_seconds", "Time spent in the gateway itself (excl. upstream)"
-        )
-        self.upstream_latency = Histogram("imagegate_upstream_seconds", "Upstream call latency")
-        self.credits = Counter("imagegate_credits_charged_total", "Credits charged, by model")
-        self.rejections = Counter(
-            "imagegate_rate_limit_rejections_total", "429s by reason (rpm or concurrency)"
-        )
-        self.callbacks = Counter("imagegate_callback_deliveries_total", "Callback outcomes")
-        self.tasks = Counter("imagegate_tasks_total", "Async tasks finished, by status")
-        self.queue_depth = Gauge("imagegate_task_queue_depth", "Async tasks waiting")
+    """Every metric the gateway exports; names and labels are listed in docs/OPERATIONS.md."""
 
-    def render(self) -> str:
-        parts: list[str] = []
-        for m in (self.requests, self.gateway_latency, self.upstream_latency, self.credits,
-                  self.rejections, self.callbacks, self.tasks, self.queue_depth):  # fmt: skip
-            parts.extend(m.render())
-        return "\n".join(parts) + "\n"
+    def __init__(self) -> None:
+        _use_multiprocess_values()
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter(
+            _Counter("imagegate_requests", "Edit requests by model and status",
+                     ["model", "status"], registry=r)
+        )  # fmt: skip
+        self.gateway_latency = Histogram(
+            _Histogram("imagegate_gateway_seconds",
+                       "Time spent in the gateway itself (excl. upstream)", ["model"],
+                       buckets=LATENCY_BUCKETS, registry=r)
+        )  # fmt: skip
+        self.upstream_latency = Histogram(
+            _Histogram("imagegate_upstream_seconds", "Upstream call latency", ["model"],
+                       buckets=LATENCY_BUCKETS, registry=r)
+        )  # fmt: skip
+        self.credits = Counter(
+            _Counter("imagegate_credits_charged", "Credits charged, by model", ["model"],
+                     registry=r)
+        )  # fmt: skip
+        self.rejections = Counter(
+            _Counter("imagegate_rate_limit_rejections", "429s by reason (rpm or concurrency)",
+                     ["reason"], registry=r)
+        )  # fmt: skip
+        self.callbacks = Counter(
+            _Counter("imagegate_callback_deliveries", "Callback outcomes", ["outcome"],
+                     registry=r)
+        )  # fmt: skip
+        self.tasks = Counter(
+            _Counter("imagegate_tasks", "Async tasks finished, by status", ["status"], registry=r)
+        )
+        # Set from the store by whichever process is scraped: the latest value is the truth.
+        self.queue_depth = _Gauge(
+            "imagegate_task_queue_depth", "Async tasks waiting", registry=r,
+            multiprocess_mode="mostrecent",
+        )  # fmt: skip
+
+    def render(self) -> bytes:
+        """The text exposition of this process, or of the whole process group."""
+        path = multiprocess_dir()
+        if path is None:
+            return generate_latest(self.registry)
+        group = CollectorRegistry()
+        MultiProcessCollector(group, path)
+        return generate_latest(group)

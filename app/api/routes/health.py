@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Request
-from starlette.responses import PlainTextResponse
+from starlette.responses import Response
 
 from app.api.deps import gateway
 from app.api.responses import JSONResponse
+from app.core.metrics import CONTENT_TYPE
 
 router = APIRouter(tags=["health"])
 
@@ -28,7 +29,7 @@ async def readyz(request: Request) -> JSONResponse:
 
 
 @router.get("/metrics", summary="Prometheus metrics")
-async def metrics(request: Request) -> PlainTextResponse:
+async def metrics(request: Request) -> Response:
     gw = gateway(request)
     await gw.refresh_gauges()
-    return PlainTextResponse(gw.metrics.render(), media_type="text/plain; version=0.0.4")
+    return Response(gw.metrics.render(), media_type=CONTENT_TYPE)
