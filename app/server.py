@@ -13,12 +13,13 @@ import os
 import signal
 import socket
 import sys
+from collections.abc import Coroutine
 from typing import Any
 
 import uvicorn
 
 from app.core.config import ConfigError, GatewayConfig, Settings, load_config
-from app.core.logging import fields, get_logger, setup_logging
+from app.core.logging import fields, get_logger, quiet_info, setup_logging
 from app.core.memory import tune_malloc
 
 log = get_logger("imagegate")
@@ -58,7 +59,11 @@ def _run(coro: Any) -> None:
 def _start_process(settings: Settings, explicit_config: str | None) -> GatewayConfig | None:
     """Logging set up and config loaded, as every long-running command starts; None (and a
     message naming the file and field) when the config is invalid."""
-    setup_logging(settings.log_level)
+    try:
+        setup_logging(settings.log_level, settings.log_format)
+    except ValueError as exc:
+        print(f"config error: {exc}", file=sys.stderr)
+        return None
     try:
         return load_config(settings, explicit_config)
     except ConfigError as exc:
@@ -112,7 +117,7 @@ def _serve_forked(
         sim_port = _free_port()
         config = point_at_simulator(config, simulated, f"http://127.0.0.1:{sim_port}")
         _announce_simulator(simulated, f"http://127.0.0.1:{sim_port}")
-        children.append(_fork(lambda: _run(_sim_server(sim_port).serve())))
+        children.append(_fork(lambda: _run(_quietly(_sim_server(sim_port).serve()))))
     for _ in range(workers):
         children.append(_fork(lambda: _run(_main(settings, config, host, port, sockets=[sock],
                                                  simulate=False))))  # fmt: skip
@@ -158,6 +163,13 @@ def _fork(target: Any) -> int:
         finally:
             os._exit(code)
     return pid
+
+
+async def _quietly(coro: Coroutine[Any, Any, None]) -> None:
+    """Run the simulator without its uvicorn start-up lines: they would repeat the gateway's
+    ("Started server process", "Uvicorn running on"); our own banner announces it."""
+    with quiet_info():
+        await coro
 
 
 def _sim_server(port: int) -> uvicorn.Server:
@@ -217,7 +229,7 @@ async def _main(
         )
     )  # fmt: skip
     servers.append(main)
-    tasks = [asyncio.create_task(s.serve()) for s in servers[:-1]]
+    tasks = [asyncio.create_task(_quietly(s.serve())) for s in servers[:-1]]
     tasks.append(asyncio.create_task(main.serve(sockets=sockets)))
     try:
         await tasks[-1]

@@ -42,6 +42,7 @@ class Settings(BaseSettings):
     gemini_base_url: str = DEFAULT_GEMINI_BASE_URL
     gemini_api_key: str | None = None
     log_level: str = "info"
+    log_format: str | None = None  # json | text; unset: text on a terminal, else json
     workers: int | None = None  # in-process task workers; None = config value
     malloc_tuning: bool = True  # see app/core/memory.py
 
