@@ -13,7 +13,9 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
-FaultKind = Literal["status", "timeout", "latency", "safety", "text_only", "short", "disconnect"]
+FaultKind = Literal[
+    "status", "timeout", "latency", "safety", "text_only", "short", "disconnect", "no_usage"
+]
 FAULT_KINDS: tuple[str, ...] = (
     "status",
     "timeout",
@@ -22,6 +24,7 @@ FAULT_KINDS: tuple[str, ...] = (
     "text_only",
     "short",
     "disconnect",
+    "no_usage",  # a success without the usage report (as some OpenAI-compatible proxies do)
 )
 PROTOCOLS: tuple[str, ...] = ("openai", "gemini", "any")
 

@@ -588,6 +588,8 @@ async def handle_generate(
     else:
         final, thought = await run_in_threadpool(_render, req)
         result = success_body(req, final, thought)
+    if kind == "no_usage":
+        result.pop("usageMetadata", None)
 
     if method == "generateContent":
         return json_response(result)

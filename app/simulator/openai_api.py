@@ -386,7 +386,10 @@ async def handle_edit(request: Request, ctx: SimContext, record: dict[str, Any])
     if await pause(request, delay):
         return Response(status_code=CLIENT_GONE_STATUS)
     rendered = await run_in_threadpool(_render_all, edit, count)
-    return json_response(_images_response(edit, rendered, ctx, request))
+    body = _images_response(edit, rendered, ctx, request)
+    if kind == "no_usage":
+        body.pop("usage", None)
+    return json_response(body)
 
 
 def routes(ctx: SimContext) -> list[Route]:
