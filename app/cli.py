@@ -80,6 +80,20 @@ def _run_admin(args: argparse.Namespace, fn: Callable[[Any], Awaitable[int]]) ->
         return 1
 
 
+def _actor() -> Any:
+    """The audit log's actor for a CLI change: the operator's login on this host."""
+    import getpass
+    import socket
+
+    from app.domain.audit import Actor
+
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):  # no passwd entry (some containers)
+        user = "unknown"
+    return Actor(user, "cli", socket.gethostname())
+
+
 def _table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
     if not rows:
         return "(none)"
@@ -115,6 +129,7 @@ def cmd_keys(args: argparse.Namespace) -> int:
     async def run(admin: Any) -> int:
         if args.keys_cmd == "create":
             new = await admin.create(
+                by=_actor(),
                 name=args.name,
                 credits=parse_credits(args.credits),
                 rpm=args.rpm,
@@ -147,9 +162,11 @@ def cmd_keys(args: argparse.Namespace) -> int:
                 changes["disabled"] = True
             if args.enable:
                 changes["disabled"] = False
-            _print(key_view(await admin.update(args.id, changes)), args.json, KEY_COLUMNS)
+            _print(
+                key_view(await admin.update(args.id, changes, by=_actor())), args.json, KEY_COLUMNS
+            )
         elif args.keys_cmd == "revoke":
-            await admin.revoke(args.id)
+            await admin.revoke(args.id, by=_actor())
             print(f"revoked {args.id}")
         return 0
 
@@ -162,7 +179,7 @@ def cmd_credits(args: argparse.Namespace) -> int:
 
     async def run(admin: Any) -> int:
         amount = parse_credits(args.amount, "amount", allow_negative=True)
-        balance = await admin.add_credits(args.id, amount, args.note)
+        balance = await admin.add_credits(args.id, amount, args.note, by=_actor())
         print(json.dumps({"id": args.id, "balance": credits_json(balance)}))
         return 0
 
@@ -201,6 +218,31 @@ def cmd_usage(args: argparse.Namespace) -> int:
         cols = ["group", "requests", "succeeded", "failed", "images", "credits", "cost_usd",
                 "estimated"]  # fmt: skip
         _print(groups, args.json, cols)
+        return 0
+
+    return _run_admin(args, run)
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    from app.api.views import audit_view, parse_time
+    from app.store.base import AuditQuery
+
+    async def run(admin: Any) -> int:
+        query = AuditQuery(
+            actor=args.actor,
+            source=args.source,
+            action=args.action,
+            target=args.target,
+            since=parse_time(args.since, "since"),
+            until=parse_time(args.until, "until"),
+        )
+        entries = await admin.audit.entries(query, limit=args.limit, offset=args.offset)
+        views = [audit_view(e) for e in entries]
+        if not args.json:
+            for v in views:
+                v["details"] = json.dumps(v["details"], separators=(",", ":"))
+        cols = ["at", "actor", "source", "action", "target", "client", "details"]
+        _print(views, args.json, cols)
         return 0
 
     return _run_admin(args, run)
@@ -289,6 +331,19 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("--limit", type=int, default=100)
     u.add_argument("--json", action="store_true")
     u.set_defaults(fn=cmd_usage)
+
+    a = sub.add_parser("audit", help="the audit log: admin actions from the API, CLI and console")
+    a.add_argument("--config")
+    a.add_argument("--actor")
+    a.add_argument("--source", choices=["api", "cli", "console"])
+    a.add_argument("--action", help="e.g. key.create, key.update, key.revoke, key.credits")
+    a.add_argument("--target", help="a key id, task id, ...")
+    a.add_argument("--since")
+    a.add_argument("--until")
+    a.add_argument("--limit", type=int, default=100)
+    a.add_argument("--offset", type=int, default=0)
+    a.add_argument("--json", action="store_true")
+    a.set_defaults(fn=cmd_audit)
     return p
 
 

@@ -20,6 +20,7 @@ from app.adapters import build_adapters
 from app.core.config import GatewayConfig, Settings, load_config
 from app.core.logging import fields, get_logger
 from app.core.metrics import Metrics
+from app.domain.audit import AuditLog
 from app.domain.keys import KeyAdmin
 from app.domain.metering import Meter
 from app.media.fetch import GuardedFetcher
@@ -27,6 +28,7 @@ from app.results import LocalResultStore
 from app.service import EditService
 from app.store import open_store
 from app.store.base import Store
+from app.tasks.admin import TaskAdmin
 from app.tasks.base import TaskQueue
 from app.tasks.delivery import CallbackDeliverer
 from app.tasks.worker import TaskWorker
@@ -115,6 +117,8 @@ class Gateway:
             self.tasks, self.fetcher, self._webhook_secret, self.config.callbacks,
             metrics=task_metrics,
         )  # fmt: skip
+        self.audit = AuditLog(self.store)
+        self.task_admin = TaskAdmin(self.tasks, self.deliverer, self.audit)
         workers = settings.workers if settings.workers is not None else self.config.tasks.workers
         self.worker: TaskWorker | None = None
         if workers > 0:

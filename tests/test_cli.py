@@ -366,7 +366,7 @@ def test_bad_config_is_a_clean_error(local_env: Path, capsys: pytest.CaptureFixt
 @pytest.mark.parametrize(
     "argv",
     ["serve", "worker", "simulate", "keys", "keys create", "keys list", "keys show",
-     "keys update", "keys revoke", "credits", "credits add", "usage"],
+     "keys update", "keys revoke", "credits", "credits add", "usage", "audit"],
 )  # fmt: skip
 def test_subcommand_help(capsys: pytest.CaptureFixture[str], argv: str) -> None:
     code, out, _ = call([*argv.split(), "--help"], capsys)
@@ -381,3 +381,28 @@ def test_help_of_the_installed_command(tmp_path: Path) -> None:
     assert p.returncode == 0 and p.stdout.startswith("usage: imagegate")
     for command in ("serve", "keys", "credits", "usage"):
         assert command in p.stdout
+
+
+def test_cli_changes_are_audited(cli: Cli) -> None:
+    """Changes made on the command line are in the audit log as the operator's, without the
+    key's secret; `imagegate audit` filters them."""
+    import getpass
+    import socket
+
+    created = cli.json("keys", "create", "--name", "audited", "--credits", "1", "--json")
+    kid = created["id"]
+    cli.run("credits", "add", kid, "2.5", "--note", "grant")
+    cli.run("keys", "update", kid, "--rpm", "9")
+    entries = cli.json("audit", "--target", kid, "--json")
+    assert [e["action"] for e in entries] == ["key.update", "key.credits", "key.create"]
+    assert {(e["actor"], e["source"], e["client"]) for e in entries} == {
+        (getpass.getuser(), "cli", socket.gethostname())
+    }
+    assert entries[1]["details"] == {"amount_micro": 2_500_000, "note": "grant",
+                                     "balance_micro": 3_500_000}  # fmt: skip
+    listed = cli.run("audit", "--action", "key.create").stdout
+    assert created["key"] not in listed and created["webhook_secret"] not in listed
+    header, rows = table(listed)
+    assert header == ["AT", "ACTOR", "SOURCE", "ACTION", "TARGET", "CLIENT", "DETAILS"]
+    assert [r[4] for r in rows] == [kid]
+    assert cli.json("audit", "--source", "api", "--json") == []

@@ -18,6 +18,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from app.core.errors import GatewayError
+from app.domain.audit import Actor
 from app.gateway import Gateway
 
 ADMIN_PREFIX = "/admin"
@@ -55,6 +56,22 @@ def admin_gateway(
 
 AdminGateway = Annotated[Gateway, Depends(admin_gateway)]
 """Handler parameter type for admin routes: `gw: AdminGateway`."""
+
+
+def admin_actor(request: Request) -> Actor:
+    """Who is making this admin change, for the audit log.
+
+    A front end that calls the admin routes on someone's behalf (the console) sets
+    `request.state.audit_actor` to its own `Actor`; otherwise it is the admin key over the API,
+    from the client's address."""
+    actor = getattr(request.state, "audit_actor", None)
+    if isinstance(actor, Actor):
+        return actor
+    return Actor("admin", "api", request.client.host if request.client else None)
+
+
+AdminActor = Annotated[Actor, Depends(admin_actor)]
+"""Handler parameter type for admin routes that change something: `by: AdminActor`."""
 
 
 class AdminRoute(APIRoute):

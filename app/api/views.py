@@ -8,7 +8,7 @@ from typing import Any
 
 from app.core.errors import bad_request
 from app.core.money import credits_json
-from app.store.base import ApiKey, UsageGroup, UsageRecord
+from app.store.base import ApiKey, AuditEntry, UsageGroup, UsageRecord
 
 
 def iso(ts: float | None) -> str | None:
@@ -109,3 +109,16 @@ RECORD_COLUMNS = [
     "error_code", "task_id", "trace_id", "latency_ms", "channel", "operation", "cost_usd",
     "cost_estimated", "usage",
 ]  # fmt: skip
+
+
+def audit_view(e: AuditEntry) -> dict[str, Any]:
+    return {
+        "id": e.id,
+        "at": iso(e.at),
+        "actor": e.actor,
+        "source": e.source,
+        "action": e.action,
+        "target": e.target,
+        "client": e.client,
+        "details": e.details,
+    }

@@ -17,6 +17,7 @@ from typing import Any
 
 from app.core.errors import GatewayError, bad_request
 from app.core.money import to_micro
+from app.domain.audit import Actor, AuditLog
 from app.store.base import ApiKey, Store
 
 KEY_PREFIX = "ig-"
@@ -69,11 +70,15 @@ def parse_credits(value: Any, param: str = "credits", *, allow_negative: bool = 
 
 
 class KeyAdmin:
-    """Create, list, change, revoke and top up API keys."""
+    """Create, list, change, revoke and top up API keys.
+
+    Every change names its `Actor` (`by=`) and is written to the audit log here, so the admin
+    API, the CLI and the console cannot change a key without leaving a trace."""
 
     def __init__(self, store: Store, known_models: set[str] | None = None) -> None:
         self.store = store
         self.known_models = known_models
+        self.audit = AuditLog(store)
 
     def _check_models(self, models: list[str] | None) -> None:
         if models is None:
@@ -89,6 +94,7 @@ class KeyAdmin:
     async def create(
         self,
         *,
+        by: Actor,
         name: str,
         credits: int,
         rpm: int | None = None,
@@ -115,6 +121,20 @@ class KeyAdmin:
             expires_at=expires_at,
         )
         await self.store.create_key(key)
+        await self.audit.record(
+            by,
+            "key.create",
+            key.id,
+            {
+                "name": key.name,
+                "prefix": key.prefix,
+                "credits_micro": credits,
+                "rpm": rpm,
+                "max_concurrency": max_concurrency,
+                "models": models,
+                "expires_at": expires_at,
+            },
+        )
         return NewKey(key=key, secret=secret)
 
     async def get(self, key_id: str) -> ApiKey:
@@ -126,7 +146,7 @@ class KeyAdmin:
     async def list(self) -> list[ApiKey]:
         return sorted(await self.store.list_keys(), key=lambda k: k.created_at)
 
-    async def update(self, key_id: str, changes: dict[str, Any]) -> ApiKey:
+    async def update(self, key_id: str, changes: dict[str, Any], *, by: Actor) -> ApiKey:
         unknown = set(changes) - UPDATABLE
         if unknown:
             raise bad_request(f"cannot change: {', '.join(sorted(unknown))}", sorted(unknown)[0])
@@ -138,20 +158,31 @@ class KeyAdmin:
         key = await self.store.update_key(key_id, changes)
         if key is None:
             raise GatewayError("not_found", f"no key {key_id!r}", param="id")
+        await self.audit.record(by, "key.update", key_id, {"changes": changes})
         return key
 
-    async def revoke(self, key_id: str) -> None:
+    async def revoke(self, key_id: str, *, by: Actor) -> None:
         if not await self.store.delete_key(key_id):
             raise GatewayError("not_found", f"no key {key_id!r}", param="id")
+        await self.audit.record(by, "key.revoke", key_id)
 
-    async def add_credits(self, key_id: str, amount: int, note: str | None = None) -> int:
+    async def add_credits(
+        self, key_id: str, amount: int, note: str | None = None, *, by: Actor
+    ) -> int:
         if amount > 0 and (await self.get(key_id)).balance + amount > MAX_MICRO:
             raise bad_request(
                 f"the balance would exceed {MAX_MICRO // 1_000_000} credits", "amount"
             )
         try:
-            return await self.store.adjust_balance(key_id, amount, note, time.time())
+            balance = await self.store.adjust_balance(key_id, amount, note, time.time())
         except KeyError:
             raise GatewayError("not_found", f"no key {key_id!r}", param="id") from None
         except ValueError as exc:
             raise bad_request(f"cannot deduct: {exc}", "amount") from None
+        await self.audit.record(
+            by,
+            "key.credits",
+            key_id,
+            {"amount_micro": amount, "note": note, "balance_micro": balance},
+        )
+        return balance

@@ -126,6 +126,45 @@ class UsageGroup:
 
 
 @dataclass(slots=True)
+class AuditEntry:
+    """One admin action: who (actor, from which source and client address) did what to what.
+
+    `details` holds the non-secret parameters of the action (a key's new limits, a credit
+    amount); secrets never enter it (app/domain/audit.py checks)."""
+
+    id: str
+    at: float
+    actor: str  # "admin" (the admin key), the operator's user name for the CLI, ...
+    source: str  # "api" | "cli" | "console"
+    action: str  # e.g. "key.create", "key.credits", "task.redeliver"
+    target: str  # the key id, task id, channel name ... acted on
+    client: str | None = None  # the client's address (API, console); the host for the CLI
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class AuditQuery:
+    """Audit filters; `since` inclusive, `until` exclusive, like `UsageQuery`."""
+
+    actor: str | None = None
+    source: str | None = None
+    action: str | None = None
+    target: str | None = None
+    since: float | None = None
+    until: float | None = None
+
+    def matches(self, e: AuditEntry) -> bool:
+        return (
+            (self.actor is None or e.actor == self.actor)
+            and (self.source is None or e.source == self.source)
+            and (self.action is None or e.action == self.action)
+            and (self.target is None or e.target == self.target)
+            and (self.since is None or e.at >= self.since)
+            and (self.until is None or e.at < self.until)
+        )
+
+
+@dataclass(slots=True)
 class Reservation:
     reservation_id: str
     key_id: str
@@ -197,6 +236,17 @@ class Store(Protocol):
         ...
 
     async def usage_summary(self, query: UsageQuery, group_by: GroupBy) -> list[UsageGroup]: ...
+
+    # --- audit log
+    async def add_audit(self, entry: AuditEntry) -> None:
+        """Append an admin action (entries are never changed or removed by the gateway)."""
+        ...
+
+    async def audit_entries(
+        self, query: AuditQuery, *, limit: int = 100, offset: int = 0
+    ) -> list[AuditEntry]:
+        """Newest first."""
+        ...
 
 
 class StoreUnavailable(Exception):

@@ -23,6 +23,7 @@ Key layout (prefix `ig` by default, K = the key id):
     ig:keys:known            set of every key id ever created (ledger queries and sweep: rows
                              and reservations outlive a deleted key)
     ig:hash:<sha256>         string  key hash -> key id (bearer lookup)
+    ig:audit                 zset    admin actions as JSON, score = time (GET /admin/audit)
 
 The last three are not touched by scripts, so they may live in any slot. All times are the
 `now` the caller passes; the store never reads the server clock. (The layout is Cluster-ready;
@@ -45,6 +46,7 @@ import asyncio
 import json
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
+from dataclasses import asdict
 from importlib import resources
 from typing import Any, cast
 
@@ -60,6 +62,8 @@ from app.store.base import (
     RATE_WINDOW_S,
     Admission,
     ApiKey,
+    AuditEntry,
+    AuditQuery,
     GroupBy,
     StoreUnavailable,
     UsageGroup,
@@ -667,6 +671,40 @@ class RedisStore:
                         bump(group, metric, int(value))
         # a day with only zero counters cannot exist: every row bumps `requests`
         return sorted(groups.values(), key=lambda g: g.group)
+
+    # --- audit log
+
+    @property
+    def _audit(self) -> str:
+        return f"{self._p}:audit"
+
+    async def add_audit(self, entry: AuditEntry) -> None:
+        member = json.dumps(asdict(entry), separators=(",", ":"))  # unique: it carries the id
+        async with self._guard():
+            await self._r.zadd(self._audit, {member: float(entry.at)})
+
+    async def audit_entries(
+        self, query: AuditQuery, *, limit: int = 100, offset: int = 0
+    ) -> list[AuditEntry]:
+        """Newest first; filters other than time are applied while paging through the zset."""
+        hi = "(" + _f(query.until) if query.until is not None else "+inf"
+        lo = _f(query.since) if query.since is not None else "-inf"
+        need = offset + limit
+        out: list[AuditEntry] = []
+        start = 0
+        async with self._guard():
+            while len(out) < need:
+                page = await self._r.zrevrangebyscore(
+                    self._audit, hi, lo, start=start, num=_LEDGER_PAGE
+                )
+                for member in page:
+                    entry = AuditEntry(**json.loads(str(member)))
+                    if query.matches(entry):
+                        out.append(entry)
+                if len(page) < _LEDGER_PAGE:
+                    break
+                start += _LEDGER_PAGE
+        return out[offset:need]
 
 
 def _pick(group_by: str, day: str, key_id: str, model: str, channel: str, operation: str) -> str:

@@ -21,6 +21,7 @@ Schema (created on open, idempotent; columns added later are added to older file
     reservations  live reservations: amount, admitted_at, expires_at, meta JSON
     usage         the ledger, one row per metered request (incl. expired reservations)
     credit_log    every top-up / deduction with the balance after it
+    audit         admin actions (actor, source, action, target, client, details JSON)
 
 Locked-database and I/O errors become `StoreUnavailable`, like a Redis outage.
 """
@@ -42,6 +43,8 @@ from app.store.base import (
     RATE_WINDOW_S,
     Admission,
     ApiKey,
+    AuditEntry,
+    AuditQuery,
     GroupBy,
     StoreUnavailable,
     UsageGroup,
@@ -118,6 +121,18 @@ CREATE TABLE IF NOT EXISTS credit_log (
     created_at      REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS credit_log_key ON credit_log (key_id, seq);
+CREATE TABLE IF NOT EXISTS audit (
+    seq             INTEGER PRIMARY KEY AUTOINCREMENT,
+    id              TEXT NOT NULL,
+    at              REAL NOT NULL,
+    actor           TEXT NOT NULL,
+    source          TEXT NOT NULL,
+    action          TEXT NOT NULL,
+    target          TEXT NOT NULL,
+    client          TEXT,
+    details         TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS audit_at ON audit (at);
 """
 
 # Columns added after the first release: (table, column, definition). A file created by an
@@ -696,6 +711,61 @@ class SQLiteStore:
             return [
                 UsageGroup(str(g), int(r), int(s), int(f), int(i), int(c), int(u), int(e))
                 for g, r, s, f, i, c, u, e in cur.fetchall()
+            ]
+
+        return await self._run(op)
+
+    # --- audit log
+
+    async def add_audit(self, entry: AuditEntry) -> None:
+        row = (
+            entry.id,
+            float(entry.at),
+            entry.actor,
+            entry.source,
+            entry.action,
+            entry.target,
+            entry.client,
+            json.dumps(entry.details, separators=(",", ":")),
+        )
+
+        def op(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "INSERT INTO audit (id, at, actor, source, action, target, client, details)"
+                " VALUES (?,?,?,?,?,?,?,?)",
+                row,
+            )
+
+        await self._run(self._tx, op)
+
+    async def audit_entries(
+        self, query: AuditQuery, *, limit: int = 100, offset: int = 0
+    ) -> list[AuditEntry]:
+        """Newest first."""
+        clauses: list[str] = []
+        params: list[Any] = []
+        for column in ("actor", "source", "action", "target"):
+            value = getattr(query, column)
+            if value is not None:
+                clauses.append(f"{column} = ?")
+                params.append(value)
+        if query.since is not None:
+            clauses.append("at >= ?")
+            params.append(float(query.since))
+        if query.until is not None:
+            clauses.append("at < ?")
+            params.append(float(query.until))
+        where = (" WHERE " + " AND ".join(clauses)) if clauses else ""
+        sql = (
+            "SELECT id, at, actor, source, action, target, client, details FROM audit"
+            f"{where} ORDER BY at DESC, seq DESC LIMIT ? OFFSET ?"
+        )
+
+        def op() -> list[AuditEntry]:
+            cur = self._connection().execute(sql, (*params, int(limit), int(offset)))
+            return [
+                AuditEntry(i, float(at), a, src, act, t, c, json.loads(d))
+                for i, at, a, src, act, t, c, d in cur.fetchall()
             ]
 
         return await self._run(op)

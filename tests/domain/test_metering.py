@@ -11,6 +11,7 @@ import pytest
 
 from app.core.config import GatewayConfig, Settings, load_config
 from app.core.errors import GatewayError
+from app.domain.audit import Actor
 from app.domain.keys import KeyAdmin, NewKey
 from app.domain.metering import Hold, Meter, rate_headers
 from app.domain.pricing import quote
@@ -18,6 +19,8 @@ from app.store.base import Admission, UsageQuery
 from app.store.redis_store import RedisStore
 from app.store.sqlite_store import SQLiteStore
 from tests.support.net import free_port
+
+ACTOR = Actor("test", "cli")
 
 ROOT = Path(__file__).resolve().parents[2]
 T0 = 1_717_200_000.0
@@ -76,7 +79,7 @@ async def expect(code: str, status: int, awaitable: object) -> GatewayError:
 
 # --- authenticate ---------------------------------------------------------------------------
 async def test_authenticate_ok(meter: Meter, admin: KeyAdmin) -> None:
-    new = await admin.create(name="a", credits=1_000_000)
+    new = await admin.create(by=ACTOR, name="a", credits=1_000_000)
     key = await meter.authenticate(bearer(new))
     assert key.id == new.key.id
     assert (await meter.authenticate(f"bearer   {new.secret}  ")).id == new.key.id
@@ -101,19 +104,19 @@ async def test_authenticate_refuses(meter: Meter, header: str | None) -> None:
 
 
 async def test_wrong_scheme_with_a_real_key(meter: Meter, admin: KeyAdmin) -> None:
-    new = await admin.create(name="a", credits=0)
+    new = await admin.create(by=ACTOR, name="a", credits=0)
     await expect("invalid_token", 401, meter.authenticate(f"Basic {new.secret}"))
     await expect("invalid_token", 401, meter.authenticate(new.secret))
 
 
 async def test_disabled_key(meter: Meter, admin: KeyAdmin) -> None:
-    new = await admin.create(name="a", credits=0)
-    await admin.update(new.key.id, {"disabled": True})
+    new = await admin.create(by=ACTOR, name="a", credits=0)
+    await admin.update(new.key.id, {"disabled": True}, by=ACTOR)
     await expect("invalid_token", 401, meter.authenticate(bearer(new)))
 
 
 async def test_expired_key(meter: Meter, admin: KeyAdmin, clock: Clock) -> None:
-    new = await admin.create(name="a", credits=0, expires_at=T0 + 10)
+    new = await admin.create(by=ACTOR, name="a", credits=0, expires_at=T0 + 10)
     assert await meter.authenticate(bearer(new))
     clock.advance(10)  # expires_at <= now: expired
     await expect("invalid_token", 401, meter.authenticate(bearer(new)))
@@ -124,33 +127,33 @@ async def test_cache_ttl_and_forget(
 ) -> None:
     ttl = config.metering.key_cache_ttl_s
     assert ttl > 0
-    new = await admin.create(name="a", credits=0)
+    new = await admin.create(by=ACTOR, name="a", credits=0)
     await meter.authenticate(bearer(new))
-    await admin.update(new.key.id, {"disabled": True})
+    await admin.update(new.key.id, {"disabled": True}, by=ACTOR)
     # within the TTL the cached (enabled) key answers; admit re-checks in the store anyway
     clock.advance(ttl / 2)
     assert (await meter.authenticate(bearer(new))).disabled is False
     clock.advance(ttl)
     await expect("invalid_token", 401, meter.authenticate(bearer(new)))
 
-    await admin.update(new.key.id, {"disabled": False})
+    await admin.update(new.key.id, {"disabled": False}, by=ACTOR)
     # the disabled state is cached too: a re-enable shows after the TTL (or a forget)
     await expect("invalid_token", 401, meter.authenticate(bearer(new)))
     clock.advance(ttl)
     await meter.authenticate(bearer(new))  # cached again (enabled)
-    await admin.revoke(new.key.id)
+    await admin.revoke(new.key.id, by=ACTOR)
     assert await meter.authenticate(bearer(new))  # still cached
     meter.forget(new.key.id)
     await expect("invalid_token", 401, meter.authenticate(bearer(new)))
 
 
 async def test_forget_only_drops_that_key(meter: Meter, admin: KeyAdmin) -> None:
-    a = await admin.create(name="a", credits=0)
-    b = await admin.create(name="b", credits=0)
+    a = await admin.create(by=ACTOR, name="a", credits=0)
+    b = await admin.create(by=ACTOR, name="b", credits=0)
     await meter.authenticate(bearer(a))
     await meter.authenticate(bearer(b))
-    await admin.revoke(a.key.id)
-    await admin.revoke(b.key.id)
+    await admin.revoke(a.key.id, by=ACTOR)
+    await admin.revoke(b.key.id, by=ACTOR)
     meter.forget(a.key.id)
     await expect("invalid_token", 401, meter.authenticate(bearer(a)))
     assert (await meter.authenticate(bearer(b))).id == b.key.id
@@ -186,7 +189,7 @@ async def admit(
 async def test_admit_reserves_and_reports_rate_headers(
     meter: Meter, admin: KeyAdmin, store: SQLiteStore, config: GatewayConfig
 ) -> None:
-    new = await admin.create(name="a", credits=1_000_000, rpm=5)
+    new = await admin.create(by=ACTOR, name="a", credits=1_000_000, rpm=5)
     hold = await admit(meter, new, config, "r1")
     assert hold.quote.reserve == 140_000 and hold.model == "nano-banana"
     assert hold.started == T0
@@ -201,7 +204,7 @@ async def test_admit_reserves_and_reports_rate_headers(
 async def test_admit_402_insufficient_credits(
     meter: Meter, admin: KeyAdmin, store: SQLiteStore, config: GatewayConfig
 ) -> None:
-    new = await admin.create(name="a", credits=139_999)
+    new = await admin.create(by=ACTOR, name="a", credits=139_999)
     err = await expect("insufficient_credits", 402, admit(meter, new, config, "r1"))
     assert "0.14" in err.message
     assert err.type == "insufficient_quota"
@@ -213,7 +216,7 @@ async def test_admit_402_insufficient_credits(
 async def test_admit_429_rate_limited(
     meter: Meter, admin: KeyAdmin, clock: Clock, config: GatewayConfig
 ) -> None:
-    new = await admin.create(name="a", credits=100_000_000, rpm=3, max_concurrency=100)
+    new = await admin.create(by=ACTOR, name="a", credits=100_000_000, rpm=3, max_concurrency=100)
     for i in range(3):
         await admit(meter, new, config, f"r{i}")
         clock.advance(10)
@@ -230,7 +233,7 @@ async def test_admit_429_rate_limited(
 
 
 async def test_admit_429_concurrency(meter: Meter, admin: KeyAdmin, config: GatewayConfig) -> None:
-    new = await admin.create(name="a", credits=100_000_000, rpm=100, max_concurrency=2)
+    new = await admin.create(by=ACTOR, name="a", credits=100_000_000, rpm=100, max_concurrency=2)
     h1 = await admit(meter, new, config, "r1")
     await admit(meter, new, config, "r2")
     err = await expect("too_many_requests", 429, admit(meter, new, config, "r3"))
@@ -244,9 +247,11 @@ async def test_admit_429_concurrency(meter: Meter, admin: KeyAdmin, config: Gate
 async def test_admit_sees_a_disable_before_the_cache_does(
     meter: Meter, admin: KeyAdmin, config: GatewayConfig
 ) -> None:
-    new = await admin.create(name="a", credits=1_000_000)
+    new = await admin.create(by=ACTOR, name="a", credits=1_000_000)
     key = await meter.authenticate(bearer(new))
-    await admin.update(new.key.id, {"disabled": True})  # not through this meter: cache is stale
+    await admin.update(
+        new.key.id, {"disabled": True}, by=ACTOR
+    )  # not through this meter: cache is stale
     q = quote(config.models["nano-banana"], None, 1)
     await expect(
         "invalid_token",
@@ -270,7 +275,7 @@ def test_rate_headers_durations() -> None:
 async def test_settle_charges_the_delivery(
     meter: Meter, admin: KeyAdmin, store: SQLiteStore, clock: Clock, config: GatewayConfig
 ) -> None:
-    new = await admin.create(name="a", credits=1_000_000, rpm=100)
+    new = await admin.create(by=ACTOR, name="a", credits=1_000_000, rpm=100)
     hold = await admit(meter, new, config, "r1", model="dall-e-2", size="256x256", n=4)
     assert (await store.get_key(new.key.id)).balance == 920_000  # type: ignore[union-attr]
     clock.advance(1.5)
@@ -290,7 +295,7 @@ async def test_settle_charges_the_delivery(
 async def test_settle_refunds_a_failure(
     meter: Meter, admin: KeyAdmin, store: SQLiteStore, config: GatewayConfig
 ) -> None:
-    new = await admin.create(name="a", credits=1_000_000)
+    new = await admin.create(by=ACTOR, name="a", credits=1_000_000)
     hold = await admit(meter, new, config, "r1", model="gpt-image-2", size="2048x2048")
     assert hold.quote.reserve == 300_000
     charge = await meter.settle(hold, images=1, task_id="t", error_code="upstream_timeout")
@@ -309,7 +314,7 @@ async def test_settle_refunds_a_failure(
 async def test_settle_is_once(
     meter: Meter, admin: KeyAdmin, store: SQLiteStore, config: GatewayConfig
 ) -> None:
-    new = await admin.create(name="a", credits=1_000_000)
+    new = await admin.create(by=ACTOR, name="a", credits=1_000_000)
     hold = await admit(meter, new, config, "r1")
     await meter.settle(hold, images=1, task_id="t")
     await meter.settle(hold, images=1, task_id="t")
@@ -320,7 +325,7 @@ async def test_settle_is_once(
 async def test_seven_requests_cost_exactly_0_98(
     meter: Meter, admin: KeyAdmin, store: SQLiteStore, config: GatewayConfig
 ) -> None:
-    new = await admin.create(name="a", credits=1_000_000, rpm=100, max_concurrency=100)
+    new = await admin.create(by=ACTOR, name="a", credits=1_000_000, rpm=100, max_concurrency=100)
     for i in range(7):
         await meter.settle(await admit(meter, new, config, f"r{i}"), images=1, task_id=str(i))
     assert (await store.get_key(new.key.id)).balance == 20_000  # type: ignore[union-attr]
@@ -330,7 +335,7 @@ async def test_seven_requests_cost_exactly_0_98(
 async def test_expired_hold_is_refunded_by_sweep(
     meter: Meter, admin: KeyAdmin, store: SQLiteStore, clock: Clock, config: GatewayConfig
 ) -> None:
-    new = await admin.create(name="a", credits=1_000_000)
+    new = await admin.create(by=ACTOR, name="a", credits=1_000_000)
     await admit(meter, new, config, "r1")
     clock.advance(config.metering.reservation_ttl_s + 1)
     assert await meter.sweep() == 1

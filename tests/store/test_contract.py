@@ -12,6 +12,8 @@ import pytest
 
 from app.store.base import (
     Admission,
+    AuditEntry,
+    AuditQuery,
     Store,
     UsageGroup,
     UsageQuery,
@@ -628,3 +630,40 @@ async def test_ledger_keeps_channel_operation_usage_and_cost(store: Store) -> No
     assert await store.usage_summary(UsageQuery(status="failed"), "day") == [
         UsageGroup("2024-06-01", 1, 0, 1, 0, 10_000, cost_usd=0, estimated=1),
     ]
+
+
+# --- audit log
+
+
+async def test_audit_log_filters_and_pages(store: Store) -> None:
+    def entry(i: int, at: float, **kw: Any) -> AuditEntry:
+        base: dict[str, Any] = {"actor": "admin", "source": "api", "action": "key.update",
+                                "target": "key_a", "client": "127.0.0.1"}  # fmt: skip
+        base.update(kw)
+        return AuditEntry(id=f"aud_{i}", at=at, details={"n": i, "models": ["a"]}, **base)
+
+    await store.add_audit(entry(1, T0 + 1, action="key.create"))
+    await store.add_audit(entry(2, T0 + 2))
+    await store.add_audit(entry(3, T0 + 3, actor="alice", source="cli", client="host-1"))
+    await store.add_audit(entry(4, T0 + DAY, action="task.redeliver", target="task_9"))
+    await store.add_audit(entry(5, T0 + DAY, target="key_b", client=None))
+
+    def ids(es: list[AuditEntry]) -> list[str]:
+        return [e.id for e in es]
+
+    every = await store.audit_entries(AuditQuery())
+    assert ids(every)[2:] == ["aud_3", "aud_2", "aud_1"]  # newest first
+    assert set(ids(every)[:2]) == {"aud_4", "aud_5"}  # same instant: either order
+    assert every[2] == entry(3, T0 + 3, actor="alice", source="cli", client="host-1")
+    assert [e.client for e in every if e.id == "aud_5"] == [None]
+    assert ids(await store.audit_entries(AuditQuery(target="key_a"))) == [
+        "aud_3", "aud_2", "aud_1"
+    ]  # fmt: skip
+    assert ids(await store.audit_entries(AuditQuery(action="key.create"))) == ["aud_1"]
+    assert ids(await store.audit_entries(AuditQuery(source="cli"))) == ["aud_3"]
+    assert ids(await store.audit_entries(AuditQuery(actor="alice", source="api"))) == []
+    assert ids(await store.audit_entries(AuditQuery(since=T0 + 2, until=T0 + 3))) == ["aud_2"]
+    q = AuditQuery(target="key_a")
+    assert ids(await store.audit_entries(q, limit=2)) == ["aud_3", "aud_2"]
+    assert ids(await store.audit_entries(q, limit=2, offset=2)) == ["aud_1"]
+    assert await store.audit_entries(q, limit=2, offset=3) == []

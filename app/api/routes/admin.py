@@ -13,7 +13,7 @@ from fastapi import Query, Request
 from pydantic import BaseModel, ConfigDict, Field, StrictInt
 from starlette.responses import Response
 
-from app.api.deps import AdminGateway, admin_router
+from app.api.deps import AdminActor, AdminGateway, admin_router
 from app.api.responses import JSONResponse
 from app.api.views import (
     RECORD_COLUMNS,
@@ -64,8 +64,9 @@ class CreditsBody(_Body):
 
 
 @router.post("/keys", status_code=201, summary="Create an API key (the secret is shown once)")
-async def create_key(body: KeyCreate, gw: AdminGateway) -> JSONResponse:
+async def create_key(body: KeyCreate, gw: AdminGateway, by: AdminActor) -> JSONResponse:
     new = await gw.keys.create(
+        by=by,
         name=body.name,
         credits=parse_credits(body.credits),
         rpm=body.rpm,
@@ -88,29 +89,33 @@ async def get_key(key_id: str, gw: AdminGateway) -> JSONResponse:
 
 
 @router.patch("/keys/{key_id}", summary="Change a key's name, limits, models, expiry, disabled")
-async def update_key(key_id: str, body: KeyUpdate, gw: AdminGateway) -> JSONResponse:
+async def update_key(
+    key_id: str, body: KeyUpdate, gw: AdminGateway, by: AdminActor
+) -> JSONResponse:
     changes: dict[str, Any] = body.model_dump(exclude_unset=True)
     for field in ("name", "disabled"):  # null resets rpm, models, ... but these have no default
         if field in changes and changes[field] is None:
             raise bad_request(f"{field} must not be null", field)
     if "expires_at" in changes:
         changes["expires_at"] = parse_time(changes["expires_at"], "expires_at")
-    key = await gw.keys.update(key_id, changes)
+    key = await gw.keys.update(key_id, changes, by=by)
     gw.meter.forget(key_id)
     return JSONResponse(key_view(key))
 
 
 @router.delete("/keys/{key_id}", summary="Revoke a key")
-async def delete_key(key_id: str, gw: AdminGateway) -> JSONResponse:
-    await gw.keys.revoke(key_id)
+async def delete_key(key_id: str, gw: AdminGateway, by: AdminActor) -> JSONResponse:
+    await gw.keys.revoke(key_id, by=by)
     gw.meter.forget(key_id)
     return JSONResponse({"id": key_id, "deleted": True})
 
 
 @router.post("/keys/{key_id}/credits", summary="Top up (or deduct with a negative amount)")
-async def add_credits(key_id: str, body: CreditsBody, gw: AdminGateway) -> JSONResponse:
+async def add_credits(
+    key_id: str, body: CreditsBody, gw: AdminGateway, by: AdminActor
+) -> JSONResponse:
     amount = parse_credits(body.amount, "amount", allow_negative=True)
-    balance = await gw.keys.add_credits(key_id, amount, body.note)
+    balance = await gw.keys.add_credits(key_id, amount, body.note, by=by)
     return JSONResponse({"id": key_id, "balance": credits_json(balance)})
 
 
