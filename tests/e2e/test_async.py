@@ -211,7 +211,8 @@ def test_sync_request_is_pollable(astack: Stack) -> None:
 def test_kill9_with_tasks_in_flight(tmp_path: Path, redis_server: RedisServer) -> None:
     redis_server.flushall()
     sim = ThreadedServer(create_simulator_app()).start()
-    httpx.post(sim.url + "/_sim/config", json={"latency_s": 2.0}, timeout=5)
+    # 4 s upstream latency: 20 submits plus the pause stay well inside it on a loaded machine
+    httpx.post(sim.url + "/_sim/config", json={"latency_s": 4.0}, timeout=5)
     config = write_config(
         sim.url,
         tmp_path / "gateway.yaml",
