@@ -145,6 +145,7 @@ class Meter:
         reservation_id: str,
         trace_id: str,
         hold_s: float | None = None,
+        operation: str = "edit",
     ) -> Hold:
         now = self.clock()
         rpm = key.rpm or self.config.defaults.rpm
@@ -158,18 +159,20 @@ class Meter:
                 max_concurrency=conc,
                 now=now,
                 hold_s=hold_s or self.config.metering.reservation_ttl_s,
+                # what the ledger row of an expired reservation is made of
                 meta={
                     "model": model,
-                    "tier": quote.tier,
+                    "size_tier": quote.tier,
                     "trace_id": trace_id,
+                    "task_id": reservation_id,
                     "channel": self.default_channel(model),
-                    "operation": "edit",
+                    "operation": operation,
                 },
             )
         except StoreUnavailable:
             raise unavailable() from None
         if adm.ok:
-            return Hold(reservation_id, key.id, model, quote, trace_id, now, adm)
+            return Hold(reservation_id, key.id, model, quote, trace_id, now, adm, operation)
         headers = rate_headers(adm)
         if adm.status == "invalid_token":
             self.forget(key.id)

@@ -231,24 +231,29 @@ def _usage_json(text: str | None) -> dict[str, Any] | None:
     return value if isinstance(value, dict) else None
 
 
-def _where(query: UsageQuery) -> tuple[str, list[Any]]:
+def _filter_sql(
+    query: UsageQuery | AuditQuery, columns: tuple[str, ...], time_column: str
+) -> tuple[str, list[Any]]:
+    """WHERE clause and parameters: each of `columns` whose query field is set must be equal,
+    and `since <= time_column < until`."""
     clauses: list[str] = []
     params: list[Any] = []
-    if query.key_id is not None:
-        clauses.append("key_id = ?")
-        params.append(query.key_id)
-    for column in ("model", "channel", "operation", "status"):
+    for column in columns:
         value = getattr(query, column)
         if value is not None:
             clauses.append(f"{column} = ?")
             params.append(value)
     if query.since is not None:
-        clauses.append("created_at >= ?")
+        clauses.append(f"{time_column} >= ?")
         params.append(float(query.since))
     if query.until is not None:
-        clauses.append("created_at < ?")
+        clauses.append(f"{time_column} < ?")
         params.append(float(query.until))
     return (" WHERE " + " AND ".join(clauses)) if clauses else "", params
+
+
+def _where(query: UsageQuery) -> tuple[str, list[Any]]:
+    return _filter_sql(query, ("key_id", "model", "channel", "operation", "status"), "created_at")
 
 
 def _meta_str(meta: dict[str, Any], name: str, default: str) -> str:
@@ -742,20 +747,7 @@ class SQLiteStore:
         self, query: AuditQuery, *, limit: int = 100, offset: int = 0
     ) -> list[AuditEntry]:
         """Newest first."""
-        clauses: list[str] = []
-        params: list[Any] = []
-        for column in ("actor", "source", "action", "target"):
-            value = getattr(query, column)
-            if value is not None:
-                clauses.append(f"{column} = ?")
-                params.append(value)
-        if query.since is not None:
-            clauses.append("at >= ?")
-            params.append(float(query.since))
-        if query.until is not None:
-            clauses.append("at < ?")
-            params.append(float(query.until))
-        where = (" WHERE " + " AND ".join(clauses)) if clauses else ""
+        where, params = _filter_sql(query, ("actor", "source", "action", "target"), "at")
         sql = (
             "SELECT id, at, actor, source, action, target, client, details FROM audit"
             f"{where} ORDER BY at DESC, seq DESC LIMIT ? OFFSET ?"

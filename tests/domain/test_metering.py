@@ -342,6 +342,28 @@ async def test_expired_hold_is_refunded_by_sweep(
     assert (await store.get_key(new.key.id)).balance == 1_000_000  # type: ignore[union-attr]
     [row] = await store.usage_records(UsageQuery(key_id=new.key.id))
     assert row.status == "expired" and row.credits == 0
+    # the row says what was reserved for: tier, task, channel, operation; its cost is unknown
+    assert (row.size_tier, row.task_id, row.channel, row.operation) == (
+        "request", "r1", "gemini", "edit"
+    )  # fmt: skip
+    assert (row.cost_usd, row.cost_estimated, row.usage) == (0, True, None)
+
+
+async def test_settle_prices_the_reported_usage_on_the_channel(
+    meter: Meter, admin: KeyAdmin, store: SQLiteStore, config: GatewayConfig
+) -> None:
+    new = await admin.create(by=ACTOR, name="a", credits=1_000_000)
+    usage = {"promptTokenCount": 10, "candidatesTokenCount": 1290}
+    await meter.settle(await admit(meter, new, config, "r1"), images=1, task_id="r1", usage=usage)
+    hold = await admit(meter, new, config, "r2", model="dall-e-2", size="512x512", n=2)
+    await meter.settle(hold, images=2, task_id="r2", size="512x512", channel="openai-b")
+    rows = {r.reservation_id: r for r in await store.usage_records(UsageQuery())}
+    # nano-banana list prices: 10 x $0.30 + 1290 x $30 per million tokens
+    assert (rows["r1"].cost_usd, rows["r1"].cost_estimated) == (38_703, False)
+    assert (rows["r1"].channel, rows["r1"].usage) == ("gemini", usage)
+    assert (rows["r2"].cost_usd, rows["r2"].cost_estimated, rows["r2"].channel) == (
+        36_000, False, "openai-b"
+    )  # fmt: skip
 
 
 # --- the store is down ----------------------------------------------------------------------
