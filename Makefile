@@ -1,4 +1,4 @@
-.PHONY: install serve test lint format typecheck bench fuzz
+.PHONY: install serve test lint format typecheck bench config fuzz
 
 FUZZ_SECONDS ?= 60
 
@@ -31,3 +31,7 @@ bench:
 # Coverage-guided fuzzing (atheris) of the body parsers and the image sniffer, FUZZ_SECONDS each.
 fuzz:
 	python3 -m fuzz all --seconds $(FUZZ_SECONDS)
+
+# app/defaults/gateway.yaml is the one source of the shipped config; config/gateway.yaml is its copy.
+config:
+	cp app/defaults/gateway.yaml config/gateway.yaml

@@ -13,4 +13,5 @@ fi
 python3 -m pip install -q --disable-pip-version-check -e ".[dev]"
 python3 -m ruff check .
 python3 -m ruff format --check .
+python3 -m mypy app
 python3 -m pytest -q "$@"

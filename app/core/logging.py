@@ -77,7 +77,7 @@ def resolve_format(requested: str | None, stream: TextIO) -> LogFormat:
         value = requested.strip().lower()
         if value not in FORMATS:
             raise ValueError(f"IMAGEGATE_LOG_FORMAT must be json or text, got {requested!r}")
-        return value  # type: ignore[return-value]
+        return value
     isatty = getattr(stream, "isatty", None)
     return "text" if isatty is not None and isatty() else "json"
 

@@ -7,7 +7,6 @@ lookup by hash, and brute force over 256 bits of randomness is not a threat.
 
 from __future__ import annotations
 
-import hashlib
 import secrets
 import time
 import uuid
@@ -18,7 +17,7 @@ from typing import Any
 from app.core.errors import GatewayError, bad_request
 from app.core.money import to_micro
 from app.domain.audit import Actor, AuditLog
-from app.store.base import ApiKey, Store
+from app.store.base import ApiKey, Store, hash_secret
 
 KEY_PREFIX = "ig-"
 #: Largest credit amount (and balance) accepted, in micro-credits: 1e9 credits. Keeps every sum
@@ -27,10 +26,6 @@ MAX_MICRO = 10**15
 #: Largest rpm / max_concurrency a key may be given.
 MAX_LIMIT = 1_000_000_000
 UPDATABLE = frozenset({"name", "rpm", "max_concurrency", "models", "expires_at", "disabled"})
-
-
-def hash_secret(secret: str) -> str:
-    return hashlib.sha256(secret.encode("utf-8")).hexdigest()
 
 
 def new_secret() -> str:

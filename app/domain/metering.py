@@ -21,9 +21,15 @@ from app.core.errors import GatewayError
 from app.core.logging import fields, get_logger
 from app.core.metrics import Metrics
 from app.domain.cost import CostBook
-from app.domain.keys import hash_secret
 from app.domain.pricing import Quote
-from app.store.base import Admission, ApiKey, Store, StoreUnavailable, UsageRecord
+from app.store.base import (
+    Admission,
+    ApiKey,
+    Store,
+    StoreUnavailable,
+    UsageRecord,
+    hash_secret,
+)
 
 Clock = Callable[[], float]
 log = get_logger("imagegate.metering")

@@ -81,7 +81,11 @@ def parse(raw: dict[str, Any], origin: str = "test.yaml") -> GatewayConfig:
 
 # --- the shipped config ---------------------------------------------------------------------
 def test_shipped_and_packaged_copies_are_identical() -> None:
-    assert SHIPPED.read_bytes() == PACKAGED.read_bytes()
+    # app/defaults/gateway.yaml is the source; `make config` copies it to config/gateway.yaml.
+    assert SHIPPED.read_bytes() == PACKAGED.read_bytes(), (
+        "config/gateway.yaml differs from app/defaults/gateway.yaml: edit the packaged file, "
+        "then run `make config`"
+    )
 
 
 @pytest.mark.parametrize("path", [SHIPPED, PACKAGED])
