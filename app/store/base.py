@@ -165,6 +165,20 @@ class AuditQuery:
 
 
 @dataclass(slots=True)
+class ConsoleSession:
+    """A signed-in web console session. The cookie carries a random token; the store keeps only
+    its sha256 (`id_hash`), so a leaked store dump cannot be replayed as a cookie. Kept in the
+    store, not in a process, so every replica honours it."""
+
+    id_hash: str
+    role: Literal["admin", "key"]
+    csrf: str  # the token every state-changing console request must echo
+    created_at: float
+    expires_at: float
+    key_id: str | None = None  # role "key": the API key that signed in
+
+
+@dataclass(slots=True)
 class Reservation:
     reservation_id: str
     key_id: str
@@ -247,6 +261,17 @@ class Store(Protocol):
     ) -> list[AuditEntry]:
         """Newest first."""
         ...
+
+    # --- console sessions
+    async def put_session(self, session: ConsoleSession, now: float) -> None:
+        """Keep a session until its `expires_at` (then it is gone by itself)."""
+        ...
+
+    async def get_session(self, id_hash: str, now: float) -> ConsoleSession | None:
+        """The live session with this id hash; None if unknown or expired at `now`."""
+        ...
+
+    async def delete_session(self, id_hash: str) -> bool: ...
 
 
 class StoreUnavailable(Exception):

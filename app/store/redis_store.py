@@ -24,6 +24,7 @@ Key layout (prefix `ig` by default, K = the key id):
                              and reservations outlive a deleted key)
     ig:hash:<sha256>         string  key hash -> key id (bearer lookup)
     ig:audit                 zset    admin actions as JSON, score = time (GET /admin/audit)
+    ig:session:<sha256>      string  a web console session (JSON) by token hash; expires
 
 The last three are not touched by scripts, so they may live in any slot. All times are the
 `now` the caller passes; the store never reads the server clock. (The layout is Cluster-ready;
@@ -64,6 +65,7 @@ from app.store.base import (
     ApiKey,
     AuditEntry,
     AuditQuery,
+    ConsoleSession,
     GroupBy,
     StoreUnavailable,
     UsageGroup,
@@ -705,6 +707,31 @@ class RedisStore:
                     break
                 start += _LEDGER_PAGE
         return out[offset:need]
+
+    # --- console sessions
+
+    def _session(self, id_hash: str) -> str:
+        return f"{self._p}:session:{id_hash}"
+
+    async def put_session(self, session: ConsoleSession, now: float) -> None:
+        ttl_ms = int((session.expires_at - now) * 1000)
+        if ttl_ms <= 0:
+            return
+        data = json.dumps(asdict(session), separators=(",", ":"))
+        async with self._guard():
+            await self._r.set(self._session(session.id_hash), data, px=ttl_ms)
+
+    async def get_session(self, id_hash: str, now: float) -> ConsoleSession | None:
+        async with self._guard():
+            raw = await self._r.get(self._session(id_hash))
+        if raw is None:
+            return None
+        session = ConsoleSession(**json.loads(raw))
+        return session if session.expires_at > now else None
+
+    async def delete_session(self, id_hash: str) -> bool:
+        async with self._guard():
+            return bool(await self._r.delete(self._session(id_hash)))
 
 
 def _pick(group_by: str, day: str, key_id: str, model: str, channel: str, operation: str) -> str:

@@ -22,6 +22,7 @@ Schema (created on open, idempotent; columns added later are added to older file
     usage         the ledger, one row per metered request (incl. expired reservations)
     credit_log    every top-up / deduction with the balance after it
     audit         admin actions (actor, source, action, target, client, details JSON)
+    console_sessions  web console sessions (JSON) by token hash, until their expiry
 
 Locked-database and I/O errors become `StoreUnavailable`, like a Redis outage.
 """
@@ -33,6 +34,7 @@ import json
 import sqlite3
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -45,6 +47,7 @@ from app.store.base import (
     ApiKey,
     AuditEntry,
     AuditQuery,
+    ConsoleSession,
     GroupBy,
     StoreUnavailable,
     UsageGroup,
@@ -133,6 +136,12 @@ CREATE TABLE IF NOT EXISTS audit (
     details         TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS audit_at ON audit (at);
+CREATE TABLE IF NOT EXISTS console_sessions (
+    id_hash         TEXT PRIMARY KEY,
+    data            TEXT NOT NULL,
+    expires_at      REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS console_sessions_exp ON console_sessions (expires_at);
 """
 
 # Columns added after the first release: (table, column, definition). A file created by an
@@ -761,3 +770,39 @@ class SQLiteStore:
             ]
 
         return await self._run(op)
+
+    # --- console sessions
+
+    async def put_session(self, session: ConsoleSession, now: float) -> None:
+        data = json.dumps(asdict(session), separators=(",", ":"))
+
+        def op(conn: sqlite3.Connection) -> None:
+            conn.execute("DELETE FROM console_sessions WHERE expires_at <= ?", (now,))
+            conn.execute(
+                "INSERT OR REPLACE INTO console_sessions (id_hash, data, expires_at)"
+                " VALUES (?, ?, ?)",
+                (session.id_hash, data, session.expires_at),
+            )
+
+        await self._run(self._tx, op)
+
+    async def get_session(self, id_hash: str, now: float) -> ConsoleSession | None:
+        def op() -> ConsoleSession | None:
+            row = (
+                self._connection()
+                .execute(
+                    "SELECT data FROM console_sessions WHERE id_hash = ? AND expires_at > ?",
+                    (id_hash, now),
+                )
+                .fetchone()
+            )
+            return ConsoleSession(**json.loads(row[0])) if row else None
+
+        return await self._run(op)
+
+    async def delete_session(self, id_hash: str) -> bool:
+        def op(conn: sqlite3.Connection) -> bool:
+            cur = conn.execute("DELETE FROM console_sessions WHERE id_hash = ?", (id_hash,))
+            return cur.rowcount > 0
+
+        return await self._run(self._tx, op)

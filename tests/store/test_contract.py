@@ -14,6 +14,7 @@ from app.store.base import (
     Admission,
     AuditEntry,
     AuditQuery,
+    ConsoleSession,
     Store,
     UsageGroup,
     UsageQuery,
@@ -667,3 +668,35 @@ async def test_audit_log_filters_and_pages(store: Store) -> None:
     assert ids(await store.audit_entries(q, limit=2)) == ["aud_3", "aud_2"]
     assert ids(await store.audit_entries(q, limit=2, offset=2)) == ["aud_1"]
     assert await store.audit_entries(q, limit=2, offset=3) == []
+
+
+# --- console sessions
+
+
+def _session(id_hash: str = "h" * 64, **fields: Any) -> ConsoleSession:
+    base: dict[str, Any] = {
+        "id_hash": id_hash,
+        "role": "admin",
+        "csrf": "csrf-token",
+        "created_at": T0,
+        "expires_at": T0 + 3600,
+    }
+    return ConsoleSession(**(base | fields))
+
+
+async def test_session_seen_by_another_connection_until_it_expires(backend: Backend) -> None:
+    """A session written through one replica's store is honoured by another's."""
+    one, two = backend.new(), backend.new()
+    s = _session(role="key", key_id=KEY)
+    await one.put_session(s, T0)
+    assert await two.get_session(s.id_hash, T0 + 10) == s
+    assert await two.get_session(s.id_hash, T0 + 3600) is None  # expired at expires_at
+    assert await two.get_session("x" * 64, T0) is None
+
+
+async def test_session_delete_ends_it(store: Store) -> None:
+    s = _session()
+    await store.put_session(s, T0)
+    assert await store.delete_session(s.id_hash)
+    assert await store.get_session(s.id_hash, T0 + 1) is None
+    assert not await store.delete_session(s.id_hash)
