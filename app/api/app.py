@@ -14,6 +14,7 @@ from app import __version__
 from app.api.middleware import FastRoutes, RequestContextMiddleware
 from app.api.responses import JSONResponse, error_response
 from app.api.routes import admin, admin_tasks, audit, edits, files, health, me, tasks
+from app.console import routes as console
 from app.core.config import GatewayConfig, Settings
 from app.core.errors import GatewayError
 from app.gateway import Gateway
@@ -43,6 +44,8 @@ def create_app(
         version=__version__,
         description="OpenAI-compatible image-edit gateway",
         lifespan=lifespan,
+        docs_url=None,  # served by app/console with assets from this package (works offline)
+        redoc_url=None,
     )
 
     @app.exception_handler(GatewayError)
@@ -70,6 +73,7 @@ def create_app(
 
     for module in (edits, files, health, me, tasks, admin, audit, admin_tasks):
         app.include_router(module.router)
+    console.install(app)
     app.add_middleware(FastRoutes, routes=edits.FAST_ROUTES)
     app.add_middleware(RequestContextMiddleware)  # added last: outermost of the two
     return app
