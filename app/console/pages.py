@@ -63,7 +63,8 @@ async def overview(gw: Gateway) -> dict[str, Any]:
     now = time.time()
     days = last_days(now)
     q = UsageQuery(since=day_start(now) - (DAYS - 1) * 86400)
-    per_day = [group_view(g) for g in await gw.store.usage_summary(q, "day")]
+    days_raw = await gw.store.usage_summary(q, "day")
+    per_day = [group_view(g) for g in days_raw]
     per_key = [group_view(g) for g in await gw.store.usage_summary(q, "key")]
     per_model = [group_view(g) for g in await gw.store.usage_summary(q, "model")]
     names = await key_names(gw)
@@ -74,7 +75,7 @@ async def overview(gw: Gateway) -> dict[str, Any]:
     totals = {
         "requests": sum(g["requests"] for g in per_day),
         "images": sum(g["images"] for g in per_day),
-        "credits": round(sum(g["credits"] for g in per_day), 6),
+        "credits": credits_json(sum(g.credits for g in days_raw)),
         "failed": sum(g["failed"] for g in per_day),
     }
     if any("cost_usd" in g for g in per_day):
@@ -155,7 +156,8 @@ def _day(text: str) -> float | None:
 
 
 async def usage(gw: Gateway, f: Filters, group_by: GroupBy) -> dict[str, Any]:
-    groups = [group_view(g) for g in await gw.store.usage_summary(f.query(), group_by)]
+    raw = await gw.store.usage_summary(f.query(), group_by)
+    groups = [group_view(g) for g in raw]
     if group_by == "key":
         names = await key_names(gw)
         for g in groups:
@@ -176,7 +178,7 @@ async def usage(gw: Gateway, f: Filters, group_by: GroupBy) -> dict[str, Any]:
     totals = {
         "requests": sum(g["requests"] for g in groups),
         "images": sum(g["images"] for g in groups),
-        "credits": round(sum(g["credits"] for g in groups), 6),
+        "credits": credits_json(sum(g.credits for g in raw)),
     }
     if any("cost_usd" in g for g in groups):
         totals["cost_usd"] = round(sum(float(g.get("cost_usd") or 0) for g in groups), 6)
