@@ -58,7 +58,8 @@
         height: 180,
         legend: { show: true, live: true },
         cursor: { drag: { x: false, y: false } },
-        scales: { x: { time: true } },
+        // half a day of room on each side, so the first and last bars are whole
+        scales: { x: { time: true, range: function (u, min, max) { return [min - 43200, max + 43200]; } } },
         series: [
           { value: "{YYYY}-{MM}-{DD}" },
           {
