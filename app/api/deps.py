@@ -30,9 +30,11 @@ def gateway(request: Request) -> Gateway:
 
 
 def authenticate_admin(request: Request) -> Gateway:
-    """The gateway, if the request carries `Authorization: Bearer <admin key>`; else 401."""
+    """The gateway, if the request carries `Authorization: Bearer <admin key>` or comes from a
+    signed-in console admin (session cookie + CSRF token, marked by app/console/middleware.py);
+    else 401."""
     gw = gateway(request)
-    if getattr(request.state, "console_admin", False):  # see app/console/middleware.py
+    if getattr(request.state, "console_admin", False):
         return gw
     auth = request.headers.get("authorization", "")
     scheme, _, token = auth.partition(" ")

@@ -63,6 +63,8 @@ def install(app: FastAPI) -> None:
             swagger_js_url=f"{STATIC}/vendor/swagger-ui/swagger-ui-bundle.js",
             swagger_css_url=f"{STATIC}/vendor/swagger-ui/swagger-ui.css",
             swagger_favicon_url=f"{STATIC}/vendor/swagger-ui/favicon-32x32.png",
+            # no badge from validator.swagger.io: the page makes no third-party request
+            swagger_ui_parameters={"validatorUrl": None},
         )
 
 

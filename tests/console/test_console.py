@@ -7,8 +7,8 @@ import csv
 import io
 import re
 import time
-from decimal import Decimal
 from collections.abc import Callable
+from decimal import Decimal
 from typing import Any
 
 import httpx
@@ -161,7 +161,7 @@ def test_every_page_renders_without_errors_or_foreign_requests(
 
 
 def test_phone_width_has_no_horizontal_scroll(new_page: Callable[..., Watched]) -> None:
-    w = new_page(viewport=PHONE, is_mobile=True, has_touch=True)
+    w = new_page(viewport=PHONE, is_mobile=True, has_touch=True, color_scheme="dark")
     w.page.goto("/console")
     w.shot("phone-sign-in")
     sign_in(w)
