@@ -1,7 +1,7 @@
 """Browser tests of the web console: Debian's Chromium driven by Playwright for Python, against a
 real gateway and simulator over HTTP on 127.0.0.1.
 
-One browser per test session (`browser`), one gateway stack per module (`cstack`). Every page a
+One browser and one gateway stack per module (`browser`, `cstack`). Every page a
 test opens is watched (`Watched`): a console error, an uncaught exception or a request to any
 host but the gateway's fails the test. Screenshots go to $IMAGEGATE_SCREENSHOTS (default: a
 temp dir, printed at the end).
@@ -36,8 +36,10 @@ PNG = images.png(64, 64)
 expect = sync_api.expect
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
+    """One Chromium for the module. Module, not session, scope: Playwright's sync API keeps its
+    event loop marked as running while it is open, which the asyncio tests after it cannot share."""
     with sync_api.sync_playwright() as p:
         b = p.chromium.launch(
             executable_path=str(CHROMIUM), args=["--headless=new", "--no-sandbox"]
