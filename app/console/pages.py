@@ -20,8 +20,6 @@ from app.store.base import GroupBy, UsageQuery
 
 DAYS = 30
 PAGE = 50
-#: A status filter is applied to at most this many newest matching ledger rows.
-STATUS_SCAN = 10_000
 
 
 def day_start(ts: float) -> float:
@@ -50,8 +48,7 @@ def day_series(groups: list[dict[str, Any]], days: list[str]) -> dict[str, Any]:
             round(100.0 * f / n, 2) if n else 0.0 for f, n in zip(failed, requests, strict=True)
         ],
     }
-    if any("cost_usd" in r for r in rows):
-        series["cost_usd"] = [float(r.get("cost_usd") or 0) for r in rows]
+    series["cost_usd"] = [float(r.get("cost_usd") or 0) for r in rows]
     return series
 
 
@@ -77,9 +74,9 @@ async def overview(gw: Gateway) -> dict[str, Any]:
         "images": sum(g["images"] for g in per_day),
         "credits": credits_json(sum(g.credits for g in days_raw)),
         "failed": sum(g["failed"] for g in per_day),
+        "cost_usd": credits_json(sum(g.cost_usd for g in days_raw)),
+        "estimated": sum(g.estimated for g in days_raw),
     }
-    if any("cost_usd" in g for g in per_day):
-        totals["cost_usd"] = round(sum(float(g.get("cost_usd") or 0) for g in per_day), 6)
     return {
         "series": day_series(per_day, days),
         "totals": totals,
@@ -118,6 +115,7 @@ class Filters:
 
     key_id: str = ""
     model: str = ""
+    channel: str = ""
     status: str = ""
     since: str = ""  # YYYY-MM-DD, inclusive
     until: str = ""  # YYYY-MM-DD, inclusive (the day is included)
@@ -127,6 +125,8 @@ class Filters:
         return UsageQuery(
             key_id=self.key_id or None,
             model=self.model or None,
+            channel=self.channel or None,
+            status=self.status or None,
             since=_day(self.since),
             until=(_day(self.until) or 0) + 86400 if self.until else None,
         )
@@ -139,6 +139,10 @@ class Filters:
             out["key_id"] = q.key_id
         if q.model:
             out["model"] = q.model
+        if q.channel:
+            out["channel"] = q.channel
+        if q.status:
+            out["status"] = q.status
         if q.since is not None:
             out["since"] = str(int(q.since))
         if q.until is not None:
@@ -177,21 +181,19 @@ async def usage(gw: Gateway, f: Filters, group_by: GroupBy) -> dict[str, Any]:
         g["error_rate"] = round(100 * g["failed"] / g["requests"], 1) if g["requests"] else 0.0
     totals = {
         "requests": sum(g["requests"] for g in groups),
+        "succeeded": sum(g["succeeded"] for g in groups),
+        "failed": sum(g["failed"] for g in groups),
         "images": sum(g["images"] for g in groups),
         "credits": credits_json(sum(g.credits for g in raw)),
+        "cost_usd": credits_json(sum(g.cost_usd for g in raw)),
+        "estimated": sum(g.estimated for g in raw),
     }
-    if any("cost_usd" in g for g in groups):
-        totals["cost_usd"] = round(sum(float(g.get("cost_usd") or 0) for g in groups), 6)
     return {"groups": groups, "series": series, "totals": totals}
 
 
 async def records(gw: Gateway, f: Filters) -> dict[str, Any]:
     offset = (f.page - 1) * PAGE
-    if f.status:
-        rows = await gw.store.usage_records(f.query(), limit=STATUS_SCAN)
-        rows = [r for r in rows if r.status == f.status][offset : offset + PAGE + 1]
-    else:
-        rows = await gw.store.usage_records(f.query(), limit=PAGE + 1, offset=offset)
+    rows = await gw.store.usage_records(f.query(), limit=PAGE + 1, offset=offset)
     more = len(rows) > PAGE
     return {"rows": [record_view(r) for r in rows[:PAGE]], "more": more}
 

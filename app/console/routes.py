@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hmac
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 from urllib.parse import urlencode
 
 from fastapi import APIRouter, FastAPI, Request
@@ -23,7 +23,7 @@ from app.api.deps import gateway
 from app.console import pages, sessions
 from app.console.middleware import ConsoleAdminMiddleware
 from app.core.errors import GatewayError
-from app.store.base import ConsoleSession
+from app.store.base import ConsoleSession, GroupBy
 
 HERE = Path(__file__).parent
 STATIC = "/console/static"
@@ -45,6 +45,8 @@ NAV = [
     ("Channels", "/console/channels"),
     ("Audit", "/console/audit"),
 ]
+
+GROUP_BYS = ("day", "model", "key", "channel", "operation")
 
 router = APIRouter(prefix="/console", include_in_schema=False)
 
@@ -118,6 +120,7 @@ def _filters(request: Request) -> pages.Filters:
     return pages.Filters(
         key_id=(q.get("key_id") or "").strip(),
         model=(q.get("model") or "").strip(),
+        channel=(q.get("channel") or "").strip(),
         status=status if status in ("succeeded", "failed", "expired") else "",
         since=q.get("since") or "",
         until=q.get("until") or "",
@@ -236,10 +239,8 @@ async def usage(request: Request) -> Response:
         return session
     gw = gateway(request)
     f = _filters(request)
-    raw = request.query_params.get("group_by")
-    group_by: Literal["day", "model", "key"] = (
-        raw if raw in ("day", "model", "key") else "day"  # type: ignore[assignment]
-    )
+    raw = request.query_params.get("group_by") or "day"
+    group_by: GroupBy = raw if raw in GROUP_BYS else "day"  # type: ignore[assignment]
     data = await pages.usage(gw, f, group_by)
     csv = "/admin/usage/records?" + urlencode({**f.api_params(), "format": "csv", "limit": "10000"})
     return _render(
@@ -249,6 +250,8 @@ async def usage(request: Request) -> Response:
         title="Usage",
         f=f,
         group_by=group_by,
+        group_bys=GROUP_BYS,
+        channels=sorted(gw.config.upstreams),
         csv_url=csv,
         models=sorted(gw.config.models),
         names=await pages.key_names(gw),
@@ -271,6 +274,7 @@ async def records(request: Request) -> Response:
         title="Records",
         f=f,
         models=sorted(gw.config.models),
+        channels=sorted(gw.config.upstreams),
         names=await pages.key_names(gw),
         links=_page_links(request, f, data["more"]),
         **data,

@@ -268,9 +268,13 @@ def test_usage_chart_table_and_csv_match_the_ledger(
         headers={"authorization": f"Bearer {ADMIN_KEY}"},
     ).json()["data"]
     assert len(ledger) == 4
-    total = page.locator("tfoot").inner_text()
+    total = page.locator("tfoot td").all_inner_texts()
     credits = sum(Decimal(str(r["credits"])) for r in ledger)
-    assert total.split()[:2] == ["Total", "4"] and total.split()[-1] == f"{credits:f}".rstrip("0")
+    cost = sum(Decimal(str(r["cost_usd"])) for r in ledger)
+    assert cost > 0
+    assert total[0] == "4" and total[1:3] == ["3", "1"]
+    assert total[4] == f"{credits:f}".rstrip("0")
+    assert total[5] == "$" + f"{cost:f}".rstrip("0").rstrip(".")
 
     page.get_by_label("Group by").select_option("model")
     page.get_by_role("button", name="Apply").click()
@@ -278,6 +282,11 @@ def test_usage_chart_table_and_csv_match_the_ledger(
     rows = page.locator("#results tbody tr").all_inner_texts()
     assert sorted(r.split()[0] for r in rows) == ["gpt-image-1", "gpt-image-1-mini"]
     w.shot("desktop-usage-by-model")
+    page.get_by_label("Group by").select_option("channel")
+    page.get_by_role("button", name="Apply").click()
+    page.wait_for_url(re.compile("group_by=channel"))
+    rows = page.locator("#results tbody tr").all_inner_texts()
+    assert [r.split()[:2] for r in rows] == [["openai", "4"]]
 
     with page.expect_download() as dl:
         page.get_by_role("link", name="Export CSV").click()
@@ -285,6 +294,7 @@ def test_usage_chart_table_and_csv_match_the_ledger(
     got = list(csv.DictReader(io.StringIO(text)))
     assert [r["trace_id"] for r in got] == [r["trace_id"] for r in ledger]
     assert [float(r["credits"]) for r in got] == [r["credits"] for r in ledger]
+    assert [float(r["cost_usd"]) for r in got] == [r["cost_usd"] for r in ledger]
     assert sorted(r["status"] for r in got) == ["failed", "succeeded", "succeeded", "succeeded"]
 
 
