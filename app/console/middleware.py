@@ -5,7 +5,8 @@ validation.
 Pure ASGI, and it only looks at `/admin/...` requests that carry no Authorization header and do
 carry the session cookie. It marks the request (`scope["state"]["console_admin"]`) when the
 session is an admin session and, for a state-changing method, the CSRF token and the Origin
-check pass; the admin dependency accepts such a request. Anything else passes unmarked and the
+check pass; the admin dependency accepts such a request, and the audit log records it as the
+admin acting from the console. Anything else passes unmarked and the
 admin API answers 401 as usual -- an API-key session never reaches admin endpoints.
 """
 
@@ -16,6 +17,7 @@ from http.cookies import SimpleCookie
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.console import sessions
+from app.domain.audit import Actor
 
 
 def _headers(scope: Scope) -> dict[bytes, bytes]:
@@ -39,23 +41,30 @@ class ConsoleAdminMiddleware:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"].startswith("/admin/"):
-            headers = _headers(scope)
-            token = cookie_token(headers.get(b"cookie"))
-            if token and b"authorization" not in headers:
-                gw = scope["app"].state.gateway
-                session = await sessions.lookup(gw.store, token)
-                if session is not None and session.role == "admin":
-                    ok = scope["method"] in sessions.SAFE_METHODS or (
-                        sessions.csrf_ok(session, headers.get(b"x-csrf-token", b"").decode())
-                        and sessions.same_origin(
-                            headers.get(b"origin", b"").decode() or None,
-                            headers.get(b"host", b"").decode() or None,
-                            gw.settings.public_base_url,
-                        )
-                    )
-                    if ok:
-                        state = scope.setdefault("state", {})
-                        state["console_admin"] = True
-                        state["actor"] = "console"
+        admin_path = scope["type"] == "http" and scope["path"].startswith("/admin/")
+        if admin_path and await _is_console_admin(scope):
+            client = scope.get("client")
+            state = scope.setdefault("state", {})
+            state["console_admin"] = True
+            state["audit_actor"] = Actor("admin", "console", client[0] if client else None)
         await self.app(scope, receive, send)
+
+
+async def _is_console_admin(scope: Scope) -> bool:
+    headers = _headers(scope)
+    token = cookie_token(headers.get(b"cookie"))
+    if not token or b"authorization" in headers:
+        return False
+    gw = scope["app"].state.gateway
+    session = await sessions.lookup(gw.store, token)
+    if session is None or session.role != "admin":
+        return False
+    if scope["method"] in sessions.SAFE_METHODS:
+        return True
+    return sessions.csrf_ok(
+        session, headers.get(b"x-csrf-token", b"").decode()
+    ) and sessions.same_origin(
+        headers.get(b"origin", b"").decode() or None,
+        headers.get(b"host", b"").decode() or None,
+        gw.settings.public_base_url,
+    )

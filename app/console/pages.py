@@ -13,10 +13,10 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
-from app.api.views import group_view, iso, key_view, record_view
+from app.api.views import audit_view, group_view, iso, key_view, record_view
 from app.core.money import credits_json
 from app.gateway import Gateway
-from app.store.base import GroupBy, UsageQuery
+from app.store.base import AuditQuery, GroupBy, UsageQuery
 
 DAYS = 30
 PAGE = 50
@@ -286,3 +286,18 @@ async def me(gw: Gateway, key_id: str) -> dict[str, Any] | None:
     view["series"] = day_series([group_view(g) for g in groups], days)
     view["spent_30d"] = credits_json(sum(g.credits for g in groups))
     return view
+
+
+async def audit(gw: Gateway, f: Filters, source: str, action: str) -> dict[str, Any]:
+    """The audit log, newest first, filtered by source, action, target (a key id) and dates."""
+    q = f.query()
+    query = AuditQuery(
+        source=source or None,
+        action=action or None,
+        target=f.key_id or None,
+        since=q.since,
+        until=q.until,
+    )
+    offset = (f.page - 1) * PAGE
+    rows = await gw.audit.entries(query, limit=PAGE + 1, offset=offset)
+    return {"rows": [audit_view(e) for e in rows[:PAGE]], "more": len(rows) > PAGE}

@@ -47,6 +47,7 @@ NAV = [
 ]
 
 GROUP_BYS = ("day", "model", "key", "channel", "operation")
+AUDIT_SOURCES = ("api", "cli", "console")
 
 router = APIRouter(prefix="/console", include_in_schema=False)
 
@@ -333,7 +334,25 @@ async def audit(request: Request) -> Response:
     session = await _admin(request)
     if isinstance(session, Response):
         return session
-    return _render(request, "audit.html", session, title="Audit", entries=None)
+    gw = gateway(request)
+    f = _filters(request)
+    q = request.query_params
+    source = q.get("source") if q.get("source") in AUDIT_SOURCES else ""
+    action = (q.get("action") or "").strip()[:100]
+    data = await pages.audit(gw, f, source or "", action)
+    return _render(
+        request,
+        "audit.html",
+        session,
+        title="Audit",
+        f=f,
+        source=source,
+        action=action,
+        sources=AUDIT_SOURCES,
+        names=await pages.key_names(gw),
+        links=_page_links(request, f, data["more"]),
+        **data,
+    )
 
 
 @router.get("/me")
