@@ -10,7 +10,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from app.simulator import control, gemini_api, openai_api
+from app.simulator import cloud_api, control, gemini_api, openai_api
 from app.simulator.common import SimContext
 from app.simulator.errors import SimulatedDisconnect, google_body, json_response, openai_body
 from app.simulator.state import SimulatorState
@@ -49,9 +49,16 @@ def create_simulator_app(
                 "service": "imagegate simulated upstream",
                 "openai_base_url": f"{base}/v1",
                 "gemini_base_url": f"{base}/v1beta",
+                "azure_openai_base_url": base,
+                "vertex_base_url": f"{base}/v1",
                 "endpoints": [
                     "POST /v1/images/edits",
                     "POST /v1beta/models/{model}:generateContent",
+                    "POST /openai/deployments/{deployment}/images/edits?api-version=...",
+                    "POST /v1/publishers/google/models/{model}:generateContent",
+                    "POST /v1/projects/{p}/locations/{l}/publishers/google/models/{model}:"
+                    "generateContent",
+                    "POST /token",
                 ],
                 "control": [
                     "POST|GET|DELETE /_sim/faults",
@@ -75,6 +82,7 @@ def create_simulator_app(
         Route("/", index, methods=["GET"]),
         *openai_api.routes(ctx),
         *gemini_api.routes(ctx),
+        *cloud_api.routes(ctx),
         *control.routes(ctx),
         Route("/v1/{rest:path}", openai_not_found, methods=methods),
         Route("/v1beta/{rest:path}", google_not_found, methods=methods),

@@ -55,7 +55,11 @@ def routes(ctx: SimContext) -> list[Route]:
 
     async def get_config(request: Request) -> Response:
         return json_response(
-            {"latency_s": state.latency_s, "dalle2_require_alpha": state.dalle2_require_alpha}
+            {
+                "latency_s": state.latency_s,
+                "dalle2_require_alpha": state.dalle2_require_alpha,
+                "token_lifetime_s": state.token_lifetime_s,
+            }
         )
 
     async def set_config(request: Request) -> Response:
@@ -74,6 +78,10 @@ def routes(ctx: SimContext) -> list[Route]:
                 if not isinstance(value, bool):
                     return _problem("dalle2_require_alpha must be a boolean")
                 state.dalle2_require_alpha = value
+            elif key == "token_lifetime_s":
+                if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                    return _problem("token_lifetime_s must be an integer >= 1")
+                state.token_lifetime_s = value
             else:
                 return _problem(f"unknown config key {key!r}")
         return await get_config(request)

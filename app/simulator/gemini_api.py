@@ -14,7 +14,7 @@ import binascii
 import hashlib
 import math
 import secrets
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -523,8 +523,25 @@ def _not_found(model_id: str, method: str) -> SimError:
     )
 
 
+def check_roles(body: Any) -> None:
+    """Vertex (unlike the Gemini API) refuses contents without a `role`."""
+    contents = body.get("contents") if isinstance(body, dict) else None
+    for item in contents if isinstance(contents, list) else []:
+        if isinstance(item, dict) and item.get("role") not in ("user", "model"):
+            raise invalid_argument(
+                "Unable to submit request because Please use a valid role: user, model.. Learn "
+                "more: https://cloud.google.com/vertex-ai/generative-ai/docs/model-reference/gemini"
+            )
+
+
 async def handle_generate(
-    request: Request, ctx: SimContext, record: dict[str, Any], model_id: str, method: str
+    request: Request,
+    ctx: SimContext,
+    record: dict[str, Any],
+    model_id: str,
+    method: str,
+    auth: Callable[[Request], None] = _auth,
+    vertex: bool = False,
 ) -> Response:
     record["model"] = model_id
     # read and record the body first so even refused requests show what was sent; the key and
@@ -547,7 +564,7 @@ async def handle_generate(
             record["json"] = await run_in_threadpool(summarize_json, body)
         except orjson.JSONDecodeError as exc:
             body_error = invalid_argument(f"Invalid JSON payload received. {exc}.")
-    _auth(request)
+    auth(request)
     if method not in ("generateContent", "streamGenerateContent"):
         raise google_error(404, f"Method {method} is not found for models/{model_id}.")
     if model_id not in MODELS:
@@ -555,6 +572,8 @@ async def handle_generate(
     if body_error is not None:
         raise body_error
     check_schema(body)
+    if vertex:
+        check_roles(body)
     images = collect_images(body)
     try:
         req = await run_in_threadpool(validate, body, model_id, images)

@@ -12,6 +12,7 @@ import asyncio
 import base64
 import math
 import time
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -289,7 +290,9 @@ def _form_fields(parts: list[Part]) -> dict[str, Any]:
     return fields
 
 
-async def _read(request: Request, record: dict[str, Any]) -> RawEdit:
+async def _read(
+    request: Request, record: dict[str, Any], check_auth: Callable[[Request], None]
+) -> RawEdit:
     """Read and structurally parse the body, recording what arrived even if it is refused."""
     content_type = request.headers.get("content-type", "")
     mime = content_type.split(";", 1)[0].strip().lower()
@@ -327,7 +330,7 @@ async def _read(request: Request, record: dict[str, Any]) -> RawEdit:
         record["json"] = await run_in_threadpool(summarize_json, body)
         if isinstance(body, dict) and isinstance(body.get("model"), str):
             record["model"] = body["model"]
-        _check_auth(request)  # before fetching any image_url on the caller's behalf
+        check_auth(request)  # before fetching any image_url on the caller's behalf
         raw = await parse_json(body)
         record["files"] = await run_in_threadpool(_describe_raw, raw)
         return raw
@@ -341,18 +344,23 @@ def _pick_fault(ctx: SimContext, edit: Edit) -> Fault | None:
     return ctx.state.take_fault("openai", edit.model) or prompt_directive(edit.prompt)
 
 
-async def handle_edit(request: Request, ctx: SimContext, record: dict[str, Any]) -> Response:
+async def handle_edit(
+    request: Request,
+    ctx: SimContext,
+    record: dict[str, Any],
+    check_auth: Callable[[Request], None] = _check_auth,
+) -> Response:
     """The whole `POST /v1/images/edits` flow; raises SimError for error answers.
 
     Faults apply only to requests that passed validation, so strictness errors always show and
     a queued fault is never used up by a request that would have failed anyway.
     """
     try:
-        raw = await _read(request, record)  # recorded even when refused
+        raw = await _read(request, record, check_auth)  # recorded even when refused
     except SimError:
-        _check_auth(request)  # a bad key wins over a bad body, as upstream checks it first
+        check_auth(request)  # a bad key wins over a bad body, as upstream checks it first
         raise
-    _check_auth(request)
+    check_auth(request)
     edit = await run_in_threadpool(
         validate, raw, dalle2_require_alpha=ctx.state.dalle2_require_alpha
     )

@@ -112,6 +112,7 @@ class SimulatorState:
     - recorded requests: :attr:`requests` (newest last), :meth:`clear_requests`.
     - ``dalle2_require_alpha``: dall-e-2 refuses an image without alpha when no mask is sent,
       as the real API does ("format must be in ['RGBA', 'LA', 'L'], got RGB").
+    - ``token_lifetime_s``: how long an OAuth2 token from `POST /token` is valid (Vertex).
     """
 
     def __init__(
@@ -128,6 +129,8 @@ class SimulatorState:
         self._requests: deque[dict[str, Any]] = deque(maxlen=max_recorded)
         self._seq = 0
         self.files = FileStore()
+        self.token_lifetime_s = 3600
+        self.tokens: dict[str, float] = {}  # access token -> expiry (epoch seconds)
 
     # -- faults ----------------------------------------------------------------------------
     def add_fault(self, fault: Fault | Mapping[str, Any] | None = None, **spec: Any) -> Fault:
@@ -219,3 +222,5 @@ class SimulatorState:
         self.clear_requests()
         self.files.clear()
         self.latency_s = 0.0
+        self.token_lifetime_s = 3600
+        self.tokens.clear()
