@@ -2,7 +2,7 @@
 background loops (reservation sweeper, result retention, task workers).
 
 Everything per-process and reusable lives here so no request pays for it: the store client
-and its Lua scripts, one HTTP client per upstream, the adapters, the guarded fetcher.
+and its Lua scripts, the upstream channels and their caller, the adapters, the guarded fetcher.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from app.tasks.admin import TaskAdmin
 from app.tasks.base import TaskQueue
 from app.tasks.delivery import CallbackDeliverer
 from app.tasks.worker import TaskWorker
-from app.upstream.client import UpstreamClient, build_clients
+from app.upstream import UpstreamCaller, build_channels
 
 log = get_logger("imagegate")
 
@@ -92,8 +92,9 @@ class Gateway:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.admin_key = ensure_admin_key(settings)
         self.store: Store = open_store(settings.redis_url, self.data_dir)
-        self.clients: dict[str, UpstreamClient] = build_clients(self.config)
-        self.adapters = build_adapters(self.config, self.clients)
+        self.adapters = build_adapters(self.config)
+        self.channels = build_channels(self.config)
+        self.caller = UpstreamCaller(self.channels, self.config.routing, self.metrics)
         self.fetcher = GuardedFetcher(
             allow_private=settings.allow_private_urls,
             timeout_s=self.config.limits.fetch_timeout_s,
@@ -106,6 +107,7 @@ class Gateway:
         self.service = EditService(
             config=self.config,
             adapters=self.adapters,
+            caller=self.caller,
             meter=self.meter,
             fetcher=self.fetcher,
             results=self.results,
@@ -181,7 +183,6 @@ class Gateway:
                 await t
         self._tasks.clear()
         await self.tasks.close()
-        for client in self.clients.values():
-            await client.aclose()
+        await self.channels.aclose()
         await self.fetcher.aclose()
         await self.store.close()

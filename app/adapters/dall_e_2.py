@@ -10,30 +10,25 @@ OpenAI's own URLs would expire after an hour. Billing settles on the images actu
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 from app.adapters.openai_common import (
+    OpenAIImages,
     check_choice,
     check_int_range,
     check_mask,
     check_prompt,
     check_ref_count,
     image_param,
-    image_parts,
-    map_openai_error,
-    multipart_headers,
-    parse_images_response,
+    openai_edit_request,
 )
-from app.core.errors import GatewayError, bad_request
-from app.upstream.multipart import encode_multipart_parts
+from app.core.errors import bad_request
 
 if TYPE_CHECKING:
     from app.core.config import ModelConfig
-    from app.domain.edit import EditOutput, EditRequest
-    from app.upstream.client import UpstreamClient
+    from app.domain.edit import EditRequest
+    from app.upstream.request import UpstreamRequest
 
-PATH = "/images/edits"
 MAX_PROMPT = 1000
 MAX_IMAGE_BYTES = 4 * 1024 * 1024
 SIZES = ("256x256", "512x512", "1024x1024")
@@ -49,20 +44,18 @@ UNSUPPORTED = (
 )
 
 
-class DallE2Adapter:
+class DallE2Adapter(OpenAIImages):
     """OpenAI dall-e-2 edits."""
 
     name: ClassVar[str] = "dall-e-2"
-    upstream_kind: ClassVar[str] = "openai"
     # Read by the edit service: price `per_image x n`; answer `url` unless asked (as OpenAI).
     native_n: ClassVar[bool] = True
     default_response_format: ClassVar[str | None] = "url"
     forced_response_format: ClassVar[str | None] = None
 
-    def __init__(self, model: str, config: ModelConfig, upstream: UpstreamClient) -> None:
+    def __init__(self, model: str, config: ModelConfig) -> None:
         self.model = model
         self.config = config
-        self.upstream = upstream
 
     def max_images(self) -> int:
         return 1
@@ -97,9 +90,9 @@ class DallE2Adapter:
             raise bad_request(f"{self.model} needs an image smaller than 4 MB", param)
         check_mask(req, max_bytes=MAX_IMAGE_BYTES)
 
-    def fields(self, req: EditRequest) -> list[tuple[str, str]]:
+    def fields(self, req: EditRequest, model_id: str) -> list[tuple[str, str]]:
         out: list[tuple[str, str]] = [
-            ("model", self.config.upstream_model),
+            ("model", model_id),
             ("prompt", req.prompt),
             ("n", str(req.n if req.n is not None else 1)),
         ]
@@ -110,22 +103,7 @@ class DallE2Adapter:
         out.append(("response_format", "b64_json"))
         return out
 
-    def encode(self, req: EditRequest) -> tuple[bytes, str]:
-        pieces, content_type = self.encode_parts(req)
-        return b"".join(pieces), content_type
-
-    def encode_parts(self, req: EditRequest) -> tuple[list[bytes], str]:
-        """The multipart body as pieces: the image by reference, never copied."""
-        return encode_multipart_parts(self.fields(req), image_parts(req.images, req.mask))
-
-    async def edit(self, req: EditRequest, trace_id: str) -> EditOutput:
-        body, content_type = self.encode_parts(req)
-        resp = await self.upstream.request(
-            "POST", PATH, headers=multipart_headers(content_type, trace_id), content=body
-        )
-        if not resp.ok:
-            raise map_openai_error(resp, self.upstream)
-        return parse_images_response(resp, self.upstream, requested_format="png")
-
-    def stream(self, req: EditRequest, trace_id: str) -> AsyncIterator[dict[str, Any]]:
-        raise GatewayError("api_not_implemented", f"stream is not supported by {self.model}")
+    def build(
+        self, req: EditRequest, model_id: str, *, trace_id: str, stream: bool = False
+    ) -> UpstreamRequest:
+        return openai_edit_request(self.fields(req, model_id), req, model_id, trace_id, False)

@@ -14,31 +14,25 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 from app.adapters.openai_common import (
+    OpenAIImages,
     check_choice,
     check_int_range,
     check_mask,
     check_prompt,
     check_ref_count,
-    clean_message,
     image_param,
-    image_parts,
-    map_openai_error,
-    multipart_headers,
-    parse_images_response,
+    openai_edit_request,
 )
-from app.core.errors import GatewayError, bad_request, too_large
-from app.upstream.multipart import encode_multipart_parts
+from app.core.errors import bad_request, too_large
 
 if TYPE_CHECKING:
     from app.core.config import ModelConfig
-    from app.domain.edit import EditOutput, EditRequest
-    from app.upstream.client import UpstreamClient
+    from app.domain.edit import EditRequest
+    from app.upstream.request import UpstreamRequest
 
-PATH = "/images/edits"
 MAX_IMAGES = 16
 MAX_PROMPT = 32000
 MAX_IMAGE_BYTES = 50 * 1024 * 1024
@@ -87,20 +81,18 @@ def check_flexible_size(size: str) -> None:
         raise bad_request(f"size {size}: the aspect ratio must be at most 3:1", "size")
 
 
-class GptImageAdapter:
+class GptImageAdapter(OpenAIImages):
     """OpenAI GPT Image edits."""
 
     name: ClassVar[str] = "gpt-image"
-    upstream_kind: ClassVar[str] = "openai"
     # Read by the edit service: one image per request; the response format follows the body kind.
     native_n: ClassVar[bool] = False
     default_response_format: ClassVar[str | None] = None
     forced_response_format: ClassVar[str | None] = None
 
-    def __init__(self, model: str, config: ModelConfig, upstream: UpstreamClient) -> None:
+    def __init__(self, model: str, config: ModelConfig) -> None:
         self.model = model
         self.config = config
-        self.upstream = upstream
         names = (model, config.upstream_model)
         self.is_gpt2 = any(n.startswith("gpt-image-2") for n in names)
         self.fidelity_supported = not any(n.startswith("gpt-image-1-mini") for n in names)
@@ -166,14 +158,13 @@ class GptImageAdapter:
                 raise too_large("each image must be smaller than 50 MB", image_param(req, i))
         check_mask(req)
 
-    # -- encoding ----------------------------------------------------------------------------
+    # -- the upstream request ----------------------------------------------------------------
 
-    def fields(self, req: EditRequest, *, streaming: bool = False) -> list[tuple[str, str]]:
+    def fields(
+        self, req: EditRequest, model_id: str, *, streaming: bool = False
+    ) -> list[tuple[str, str]]:
         """The text parts for this model: only fields it accepts and the client gave."""
-        out: list[tuple[str, str]] = [
-            ("model", self.config.upstream_model),
-            ("prompt", req.prompt),
-        ]
+        out: list[tuple[str, str]] = [("model", model_id), ("prompt", req.prompt)]
         if req.size:
             out.append(("size", req.size))
         for key in ("quality", "background", "output_format", "moderation", "user"):
@@ -190,54 +181,8 @@ class GptImageAdapter:
                 out.append(("partial_images", str(req.partial_images)))
         return out
 
-    def encode(self, req: EditRequest, *, streaming: bool = False) -> tuple[bytes, str]:
-        pieces, content_type = self.encode_parts(req, streaming=streaming)
-        return b"".join(pieces), content_type
-
-    def encode_parts(self, req: EditRequest, *, streaming: bool = False) -> tuple[list[bytes], str]:
-        """The multipart body as pieces: images by reference, never copied."""
-        return encode_multipart_parts(
-            self.fields(req, streaming=streaming), image_parts(req.images, req.mask)
-        )
-
-    # -- calls -------------------------------------------------------------------------------
-
-    async def edit(self, req: EditRequest, trace_id: str) -> EditOutput:
-        body, content_type = self.encode_parts(req)
-        resp = await self.upstream.request(
-            "POST", PATH, headers=multipart_headers(content_type, trace_id), content=body
-        )
-        if not resp.ok:
-            raise map_openai_error(resp, self.upstream)
-        return parse_images_response(resp, self.upstream, requested_format=req.output_format)
-
-    async def stream(self, req: EditRequest, trace_id: str) -> AsyncIterator[dict[str, Any]]:
-        """Relay `image_edit.partial_image` / `image_edit.completed` events as dicts.
-
-        An upstream error event, or a stream ending without `image_edit.completed`, raises a
-        `GatewayError` so the caller refunds and sends an `error` event.
-        """
-        body, content_type = self.encode(req, streaming=True)
-        headers = multipart_headers(content_type, trace_id)
-        async with self.upstream.stream("POST", PATH, headers=headers, content=body) as up:
-            if not up.ok:
-                raise map_openai_error(up.response, self.upstream)
-            async for event, data in up.events():
-                if event == "error" or "error" in data:
-                    raise self._stream_error(data)
-                data.setdefault("type", event)
-                yield data
-                if data["type"].endswith(".completed"):
-                    return
-        raise GatewayError(
-            "api_error", "upstream stream ended before the image was completed", status=502
-        )
-
-    def _stream_error(self, data: dict[str, Any]) -> GatewayError:
-        nested = data.get("error")
-        err: dict[str, Any] = nested if isinstance(nested, dict) else data
-        message = clean_message(self.upstream, err.get("message")) or "upstream stream failed"
-        code, kind = err.get("code"), err.get("type")
-        if code == "moderation_blocked" or kind == "image_generation_user_error":
-            return GatewayError("moderation_blocked", message, status=400)
-        return GatewayError("api_error", message, status=502)
+    def build(
+        self, req: EditRequest, model_id: str, *, trace_id: str, stream: bool = False
+    ) -> UpstreamRequest:
+        fields = self.fields(req, model_id, streaming=stream)
+        return openai_edit_request(fields, req, model_id, trace_id, stream)

@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import base64
 import dataclasses
-from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any, ClassVar
+
+import orjson
 
 from app.adapters.openai_common import (
     check_prompt,
@@ -30,11 +31,13 @@ from app.adapters.openai_common import (
 )
 from app.core.errors import GatewayError, bad_request
 from app.domain.edit import EditOutput, GeneratedImage
+from app.upstream.hints import parse_retry_after
+from app.upstream.request import UpstreamRequest
 
 if TYPE_CHECKING:
     from app.core.config import ModelConfig
     from app.domain.edit import EditRequest
-    from app.upstream.client import UpstreamClient, UpstreamResponse
+    from app.upstream.transport import UpstreamResponse
 
 MAX_IMAGES = 14
 MAX_PROMPT = 32000
@@ -58,17 +61,15 @@ class NanoBananaAdapter:
     """Gemini generateContent image editing."""
 
     name: ClassVar[str] = "nano-banana"
-    upstream_kind: ClassVar[str] = "gemini"
+    protocol: ClassVar[str] = "gemini"
     # Read by the edit service: priced per request; always answers URLs.
     native_n: ClassVar[bool] = False
     default_response_format: ClassVar[str | None] = None
     forced_response_format: ClassVar[str | None] = "url"
 
-    def __init__(self, model: str, config: ModelConfig, upstream: UpstreamClient) -> None:
+    def __init__(self, model: str, config: ModelConfig) -> None:
         self.model = model
         self.config = config
-        self.upstream = upstream
-        self.path = f"/models/{config.upstream_model}:generateContent"
 
     def max_images(self) -> int:
         return MAX_IMAGES
@@ -120,17 +121,21 @@ class NanoBananaAdapter:
             "generationConfig": {"responseModalities": ["IMAGE"]},
         }
 
-    async def edit(self, req: EditRequest, trace_id: str) -> EditOutput:
-        resp = await self.upstream.request("POST", self.path, json=self.body(req))
-        if not resp.ok:
-            raise map_gemini_error(resp, self.upstream)
+    def build(
+        self, req: EditRequest, model_id: str, *, trace_id: str, stream: bool = False
+    ) -> UpstreamRequest:
+        """`generateContent` for Gemini and Vertex alike (`role` is required on Vertex)."""
+        headers = {"content-type": "application/json"}
+        return UpstreamRequest("generateContent", model_id, orjson.dumps(self.body(req)), headers)
+
+    def parse(self, resp: UpstreamResponse, req: EditRequest) -> EditOutput:
         try:
             payload = resp.json()
         except ValueError:
-            raise malformed(self.upstream, "a non-JSON response") from None
+            raise malformed("a non-JSON response") from None
         if not isinstance(payload, dict):
-            raise malformed(self.upstream)
-        images = extract_images(payload, self.upstream)
+            raise malformed()
+        images = extract_images(payload)
         usage = payload.get("usageMetadata")
         return EditOutput(
             images=[
@@ -141,8 +146,14 @@ class NanoBananaAdapter:
             usage=usage if isinstance(usage, dict) else None,
         )
 
-    def stream(self, req: EditRequest, trace_id: str) -> AsyncIterator[dict[str, Any]]:
+    def error(self, resp: UpstreamResponse) -> GatewayError:
+        return map_gemini_error(resp)
+
+    def event(self, name: str, data: dict[str, Any]) -> dict[str, Any]:
         raise GatewayError("api_not_implemented", f"stream is not supported by {self.model}")
+
+    def stream_done(self, event: dict[str, Any]) -> bool:
+        return True
 
 
 def _inline(part: dict[str, Any]) -> dict[str, Any] | None:
@@ -151,7 +162,7 @@ def _inline(part: dict[str, Any]) -> dict[str, Any] | None:
     return blob if isinstance(blob, dict) else None
 
 
-def extract_images(payload: dict[str, Any], upstream: UpstreamClient) -> list[tuple[bytes, str]]:
+def extract_images(payload: dict[str, Any]) -> list[tuple[bytes, str]]:
     """Final (non-thought) images of the first candidate; the last thought image as a fallback
     unless the answer was a safety refusal (an interim image must not slip past a block).
 
@@ -162,7 +173,7 @@ def extract_images(payload: dict[str, Any], upstream: UpstreamClient) -> list[tu
     candidates = payload.get("candidates")
     candidate = candidates[0] if isinstance(candidates, list) and candidates else None
     if candidate is not None and not isinstance(candidate, dict):
-        raise malformed(upstream)
+        raise malformed()
     finish = candidate.get("finishReason") if candidate else None
     content = candidate.get("content") if candidate else None
     parts = content.get("parts") if isinstance(content, dict) else None
@@ -177,7 +188,7 @@ def extract_images(payload: dict[str, Any], upstream: UpstreamClient) -> list[tu
             if isinstance(part.get("text"), str) and part.get("thought") is not True:
                 texts.append(part["text"])
             continue
-        data = decode_b64(upstream, blob.get("data"))
+        data = decode_b64(blob.get("data"))
         declared = blob.get("mimeType", blob.get("mime_type"))
         mime = sniff_mime(data) or (declared if isinstance(declared, str) else "image/png")
         (thoughts if part.get("thought") is True else finals).append((data, mime))
@@ -194,7 +205,7 @@ def extract_images(payload: dict[str, Any], upstream: UpstreamClient) -> list[tu
     if thoughts:  # Gemini 3: "the last image within Thinking is also the final rendered image"
         return thoughts[-1:]
     detail = f"finishReason {finish}" if finish else "no candidates"
-    text = clean_message(upstream, " ".join(texts))
+    text = clean_message(" ".join(texts))
     if text:
         if len(text) > MAX_TEXT_IN_ERROR:
             text = text[:MAX_TEXT_IN_ERROR] + "…"
@@ -202,10 +213,10 @@ def extract_images(payload: dict[str, Any], upstream: UpstreamClient) -> list[tu
     raise GatewayError("api_error", f"upstream returned no image ({detail})", status=502)
 
 
-def map_gemini_error(resp: UpstreamResponse, upstream: UpstreamClient) -> GatewayError:
+def map_gemini_error(resp: UpstreamResponse) -> GatewayError:
     """Gemini's `{"error": {code, message, status}}` → gateway error (same table as OpenAI)."""
     err = error_object(resp)
-    message = clean_message(upstream, err.get("message"))
+    message = clean_message(err.get("message"))
     if message and resp.status < 500 and isinstance(err.get("status"), str):
         message = f"{message} ({err['status']})"
-    return map_status(resp.status, message=message, retry_after=resp.retry_after())
+    return map_status(resp.status, message=message, retry_after=parse_retry_after(resp.headers))

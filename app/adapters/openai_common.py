@@ -17,10 +17,12 @@ from typing import TYPE_CHECKING, Any
 
 from app.core.errors import GatewayError, bad_request
 from app.domain.edit import EditOutput, EditRequest, GeneratedImage, Image
-from app.upstream.multipart import FilePart
+from app.upstream.hints import parse_retry_after
+from app.upstream.multipart import FilePart, encode_multipart_parts
+from app.upstream.request import UpstreamRequest
 
 if TYPE_CHECKING:
-    from app.upstream.client import UpstreamClient, UpstreamResponse
+    from app.upstream.transport import UpstreamResponse
 
 MAX_UPSTREAM_MESSAGE = 500
 MIME_BY_FORMAT = {
@@ -111,10 +113,11 @@ def sniff_mime(data: bytes) -> str | None:
 # Upstream error mapping (status → gateway error), shared by both protocols
 
 
-def clean_message(upstream: UpstreamClient, message: Any) -> str | None:
+def clean_message(message: Any) -> str | None:
+    """An upstream's message, trimmed and bounded (the caller redacts our keys from it)."""
     if not isinstance(message, str) or not message.strip():
         return None
-    text = upstream.redact(message.strip())
+    text = message.strip()
     if len(text) > MAX_UPSTREAM_MESSAGE:
         text = text[:MAX_UPSTREAM_MESSAGE] + "…"
     return text
@@ -164,8 +167,8 @@ def map_status(
     return GatewayError("api_error", f"upstream answered HTTP {status}", status=502)
 
 
-def malformed(upstream: UpstreamClient, what: str = "a malformed response") -> GatewayError:
-    return GatewayError("api_error", f"upstream {upstream.name} returned {what}", status=502)
+def malformed(what: str = "a malformed response") -> GatewayError:
+    return GatewayError("api_error", f"upstream returned {what}", status=502)
 
 
 def error_object(resp: UpstreamResponse) -> dict[str, Any]:
@@ -179,21 +182,28 @@ def error_object(resp: UpstreamResponse) -> dict[str, Any]:
     return {}
 
 
-def map_openai_error(resp: UpstreamResponse, upstream: UpstreamClient) -> GatewayError:
-    """OpenAI's `{"error": {message, type, param, code}}` → gateway error."""
+def map_openai_error(resp: UpstreamResponse) -> GatewayError:
+    """OpenAI's (and Azure's) `{"error": {message, type, param, code}}` → gateway error."""
     err = error_object(resp)
-    message = clean_message(upstream, err.get("message"))
+    message = clean_message(err.get("message"))
     param = err.get("param") if isinstance(err.get("param"), str) else None
     is_moderation = (
         err.get("code") == "moderation_blocked" or err.get("type") == "image_generation_user_error"
     )
+    inner = err.get("inner_error", err.get("innererror"))
+    if isinstance(inner, dict) and inner.get("code") == "ResponsibleAIPolicyViolation":
+        is_moderation = True  # Azure's content filter
+    if err.get("code") in ("content_policy_violation", "content_filter"):
+        is_moderation = True
     if resp.status == 400 and is_moderation:
         return GatewayError(
             "moderation_blocked",
             message or "the request was rejected by the upstream's safety system",
             status=400,
         )
-    return map_status(resp.status, message=message, param=param, retry_after=resp.retry_after())
+    return map_status(
+        resp.status, message=message, param=param, retry_after=parse_retry_after(resp.headers)
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -212,32 +222,32 @@ def image_parts(images: list[Image], mask: Image | None) -> list[FilePart]:
     return parts
 
 
-def decode_b64(upstream: UpstreamClient, value: Any) -> bytes:
+def decode_b64(value: Any) -> bytes:
     if not isinstance(value, str) or not value:
-        raise malformed(upstream, "an image without data")
+        raise malformed("an image without data")
     try:
         return base64.b64decode(value, validate=True)
     except (binascii.Error, ValueError):
-        raise malformed(upstream, "invalid base64 image data") from None
+        raise malformed("invalid base64 image data") from None
 
 
 def parse_images_response(
-    resp: UpstreamResponse, upstream: UpstreamClient, *, requested_format: str | None = None
+    resp: UpstreamResponse, *, requested_format: str | None = None
 ) -> EditOutput:
     """OpenAI `ImagesResponse` → `EditOutput` (b64 decoded, MIME sniffed from the bytes)."""
     try:
         body = resp.json()
     except ValueError:
-        raise malformed(upstream, "a non-JSON response") from None
+        raise malformed("a non-JSON response") from None
     if not isinstance(body, dict) or not isinstance(body.get("data"), list):
-        raise malformed(upstream)
+        raise malformed()
     fmt = body.get("output_format") if isinstance(body.get("output_format"), str) else None
     fallback = MIME_BY_FORMAT.get(fmt or requested_format or "png", "image/png")
     images: list[GeneratedImage] = []
     for item in body["data"]:
         if not isinstance(item, dict):
-            raise malformed(upstream)
-        data = decode_b64(upstream, item.get("b64_json"))
+            raise malformed()
+        data = decode_b64(item.get("b64_json"))
         revised = item.get("revised_prompt")
         images.append(
             GeneratedImage(
@@ -260,6 +270,40 @@ def parse_images_response(
     return EditOutput(images=images, created=created, extra=extra, usage=extra.get("usage"))
 
 
-def multipart_headers(content_type: str, trace_id: str) -> dict[str, str]:
-    # X-Client-Request-Id lets OpenAI support correlate a failure with our trace id.
-    return {"content-type": content_type, "x-client-request-id": trace_id}
+def openai_edit_request(
+    fields: list[tuple[str, str]], req: EditRequest, model_id: str, trace_id: str, stream: bool
+) -> UpstreamRequest:
+    """The one OpenAI `images/edits` request (OpenAI and Azure channels alike): text fields,
+    then the images (`image` or repeated `image[]`) and the mask, as body pieces — the image
+    bytes by reference, never copied. X-Client-Request-Id correlates with our trace id."""
+    pieces, content_type = encode_multipart_parts(fields, image_parts(req.images, req.mask))
+    headers = {"content-type": content_type, "x-client-request-id": trace_id}
+    return UpstreamRequest("images/edits", model_id, pieces, headers, stream=stream)
+
+
+class OpenAIImages:
+    """What gpt-image and dall-e-2 share: the answer, the errors and the stream events."""
+
+    protocol = "openai"
+
+    def parse(self, resp: UpstreamResponse, req: EditRequest) -> EditOutput:
+        return parse_images_response(resp, requested_format=req.output_format or "png")
+
+    def error(self, resp: UpstreamResponse) -> GatewayError:
+        return map_openai_error(resp)
+
+    def event(self, name: str, data: dict[str, Any]) -> dict[str, Any]:
+        """Relay `image_edit.partial_image` / `image_edit.completed`; an error event raises."""
+        if name == "error" or "error" in data:
+            nested = data.get("error")
+            err: dict[str, Any] = nested if isinstance(nested, dict) else data
+            message = clean_message(err.get("message")) or "upstream stream failed"
+            code, kind = err.get("code"), err.get("type")
+            if code == "moderation_blocked" or kind == "image_generation_user_error":
+                raise GatewayError("moderation_blocked", message, status=400)
+            raise GatewayError("api_error", message, status=502)
+        data.setdefault("type", name)
+        return data
+
+    def stream_done(self, event: dict[str, Any]) -> bool:
+        return str(event.get("type", "")).endswith(".completed")

@@ -114,10 +114,18 @@ class CostConfig(CostOverride):
         return CostConfig.model_validate(self.model_dump() | changes)
 
 
+ChannelKind = Literal["openai", "azure-openai", "gemini", "vertex"]
+
+
 class UpstreamConfig(_Strict):
-    kind: Literal["openai", "gemini"]
+    """One channel: a provider endpoint with one key or a pool of keys (docs/CHANNELS.md)."""
+
+    kind: ChannelKind
     base_url: str
     api_key: str | None = None
+    api_keys: list[str] = Field(default_factory=list)
+    weight: int = Field(1, ge=1)
+    priority: int = 0
     timeout_s: float = Field(300, gt=0)
     connect_timeout_s: float = Field(10, gt=0)
     max_concurrency: int = Field(64, ge=1)
@@ -125,11 +133,27 @@ class UpstreamConfig(_Strict):
     backoff_s: float = Field(0.5, ge=0)
     # this channel's upstream prices per model, where they differ from the model's `cost`
     cost: dict[str, CostOverride] = Field(default_factory=dict)
+    # the gateway's model name (or its configured upstream id) -> this provider's model id
+    model_map: dict[str, str] = Field(default_factory=dict)
+    ca_file: str | None = None  # extra CA bundle for a private upstream's TLS certificate
+    # azure-openai
+    api_version: str | None = None
+    deployments: dict[str, str] = Field(default_factory=dict)
+    # vertex, service-account form
+    project: str | None = None
+    location: str | None = None
+    credentials_file: str | None = None
 
-    @field_validator("api_key", mode="before")
+    @field_validator("api_key", "api_version", "project", "location", "credentials_file",
+                     "ca_file", mode="before")  # fmt: skip
     @classmethod
     def _empty_is_none(cls, v: Any) -> Any:
         return v or None
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _drop_empty_keys(cls, v: Any) -> Any:
+        return [k for k in v if k] if isinstance(v, list) else v
 
     @field_validator("base_url")
     @classmethod
@@ -137,6 +161,40 @@ class UpstreamConfig(_Strict):
         if not v.startswith(("http://", "https://")):
             raise ValueError(f"must be an http(s) URL, got {v!r}")
         return v.rstrip("/")
+
+    @model_validator(mode="after")
+    def _kind_fields(self) -> UpstreamConfig:
+        if self.kind == "azure-openai" and not self.api_version:
+            raise ValueError("an azure-openai channel needs api_version")
+        service_account = (self.project, self.location, self.credentials_file)
+        if any(service_account):
+            if self.kind != "vertex":
+                raise ValueError("project/location/credentials_file are for vertex channels")
+            if not all(service_account):
+                raise ValueError("the service-account form needs project, location and "
+                                 "credentials_file")  # fmt: skip
+            if self.keys:
+                raise ValueError("give api_key(s) or a service account, not both")
+        return self
+
+    @property
+    def keys(self) -> list[str]:
+        """The key pool: `api_key` first, then `api_keys`, without repeats."""
+        pool = ([self.api_key] if self.api_key else []) + self.api_keys
+        return list(dict.fromkeys(pool))
+
+    @property
+    def service_account(self) -> bool:
+        return self.credentials_file is not None
+
+
+class RoutingConfig(_Strict):
+    """How a request moves between channels (docs/CHANNELS.md)."""
+
+    max_attempts: int = Field(3, ge=1, le=20)  # attempts in all, over every channel
+    failure_threshold: int = Field(5, ge=1)  # consecutive failures that open a circuit
+    cooldown_s: float = Field(30, gt=0)  # first open period; doubles on re-open, at most 600 s
+    deadline_s: float = Field(900, gt=0)  # one request's whole upstream time, every attempt
 
 
 class PriceConfig(_Strict):
@@ -162,10 +220,21 @@ class PriceConfig(_Strict):
 
 class ModelConfig(_Strict):
     adapter: str
-    upstream: str
+    upstream: str | None = None  # one channel ...
+    upstreams: list[str] = Field(default_factory=list)  # ... or several
     upstream_model: str
     price: PriceConfig
     cost: CostConfig | None = None  # what the upstream charges us (docs/COST.md)
+
+    @model_validator(mode="after")
+    def _one_form(self) -> ModelConfig:
+        if (self.upstream is None) == (not self.upstreams):
+            raise ValueError("give upstream (one channel) or upstreams (a list), not both")
+        return self
+
+    @property
+    def channels(self) -> list[str]:
+        return [self.upstream] if self.upstream else list(self.upstreams)
 
 
 class DefaultsConfig(_Strict):
@@ -224,12 +293,15 @@ class GatewayConfig(_Strict):
     metering: MeteringConfig = MeteringConfig()
     callbacks: CallbacksConfig = CallbacksConfig()
     tasks: TasksConfig = TasksConfig()
+    routing: RoutingConfig = RoutingConfig()
 
     @model_validator(mode="after")
     def _references(self) -> GatewayConfig:
         for name, model in self.models.items():
-            if model.upstream not in self.upstreams:
-                raise ValueError(f"models.{name}.upstream: unknown upstream {model.upstream!r}")
+            field = "upstream" if model.upstream else "upstreams"
+            for channel in model.channels:
+                if channel not in self.upstreams:
+                    raise ValueError(f"models.{name}.{field}: unknown upstream {channel!r}")
         if self.default_model is None:
             if SHIPPED_DEFAULT_MODEL in self.models:
                 self.default_model = SHIPPED_DEFAULT_MODEL

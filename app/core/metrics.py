@@ -110,6 +110,21 @@ class Histogram:
         child.observe(value)
 
 
+class LabeledGauge:
+    __slots__ = ("_children", "_metric")
+
+    def __init__(self, metric: _Gauge) -> None:
+        self._metric = metric
+        self._children: dict[tuple[tuple[str, str], ...], Any] = {}
+
+    def set(self, value: float, **labels: str) -> None:
+        key = tuple(labels.items())
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = self._metric.labels(**labels)
+        child.set(value)
+
+
 class Metrics:
     """Every metric the gateway exports; names and labels are listed in docs/OPERATIONS.md."""
 
@@ -149,6 +164,16 @@ class Metrics:
         self.queue_depth = _Gauge(
             "imagegate_task_queue_depth", "Async tasks waiting", registry=r,
             multiprocess_mode="mostrecent",
+        )  # fmt: skip
+        self.upstream_attempts = Counter(
+            _Counter("imagegate_upstream_attempts", "Upstream attempts by channel and outcome",
+                     ["channel", "outcome"], registry=r)
+        )  # fmt: skip
+        # Channel health is per process; the latest state any process reported is shown.
+        self.channel_state = LabeledGauge(
+            _Gauge("imagegate_channel_state",
+                   "Channel state: 0 closed, 1 half_open, 2 open, 3 disabled", ["channel"],
+                   registry=r, multiprocess_mode="mostrecent")
         )  # fmt: skip
 
     def render(self) -> bytes:

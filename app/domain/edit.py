@@ -94,3 +94,4 @@ class EditOutput:
     # The upstream's own usage report (OpenAI `usage`, Gemini `usageMetadata`): the ledger
     # keeps it and prices it (app/domain/cost.py).
     usage: dict[str, Any] | None = None
+    channel: str | None = None  # the upstream channel that served it (set by the caller)

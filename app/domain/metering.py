@@ -98,7 +98,7 @@ class Meter:
     def default_channel(self, model: str) -> str:
         """The upstream a model is configured with: the channel when none was reported."""
         model_cfg = self.config.models.get(model)
-        return model_cfg.upstream if model_cfg is not None else ""
+        return model_cfg.channels[0] if model_cfg is not None else ""
 
     async def authenticate(self, authorization: str | None) -> ApiKey:
         if not authorization:

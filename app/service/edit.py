@@ -14,7 +14,7 @@ import base64
 import time
 import uuid
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from app.adapters.base import Adapter
 from app.core.config import GatewayConfig
@@ -34,6 +34,9 @@ from app.tasks.base import Task, TaskQueue
 from app.tasks.payload import decode_request, encode_request, request_fingerprint
 from app.tasks.recorder import TaskRecorder
 
+if TYPE_CHECKING:
+    from app.upstream.caller import UpstreamCaller
+
 log = get_logger("imagegate.edit")
 
 
@@ -43,6 +46,7 @@ class EditService:
         *,
         config: GatewayConfig,
         adapters: Mapping[str, Adapter],
+        caller: UpstreamCaller,
         meter: Meter,
         fetcher: GuardedFetcher,
         results: ResultStore,
@@ -51,6 +55,7 @@ class EditService:
     ) -> None:
         self.config = config
         self.adapters = adapters
+        self.caller = caller
         self.meter = meter
         self.fetcher = fetcher
         self.results = results
@@ -119,9 +124,7 @@ class EditService:
         )
 
     def _idem_wait_s(self, prep: Prepared) -> float:
-        upstream = self.config.models[prep.req.model].upstream
-        up = self.config.upstreams[upstream]
-        return up.timeout_s * (up.retries + 1) + 30
+        return self.config.routing.deadline_s + 30
 
     async def _start(
         self, key: ApiKey, prep: Prepared, task_id: str, ctx: EditContext
@@ -147,7 +150,8 @@ class EditService:
             body = {"success": True, "task_id": task_id, "trace_id": ctx.trace_id}
             return EditReply(body, hold.headers)
         if prep.req.stream and prep.adapter.supports_stream():
-            events = streaming.relay(prep, hold, task_id, ctx, self.meter, self.metrics)
+            upstream = self.caller.stream(prep.adapter, prep.req, ctx.trace_id)
+            events = streaming.relay(prep, hold, task_id, ctx, self.meter, self.metrics, upstream)
             return EditReply(None, hold.headers, events)
         started = time.time()
         try:
@@ -244,7 +248,7 @@ class EditService:
         model = prep.req.model
         t0 = time.perf_counter()
         try:
-            out = await prep.adapter.edit(prep.req, ctx.trace_id)
+            out = await self.caller.edit(prep.adapter, prep.req, ctx.trace_id)
         except BaseException as exc:
             err = exc if isinstance(exc, GatewayError) else None
             code = err.code if err else "api_error"
@@ -266,7 +270,12 @@ class EditService:
             await self.meter.settle(hold, images=0, task_id=task_id, error_code="api_error")
             raise
         charge = await self.meter.settle(
-            hold, images=len(out.images), task_id=task_id, usage=out.usage, size=prep.req.size
+            hold,
+            images=len(out.images),
+            task_id=task_id,
+            usage=out.usage,
+            size=prep.req.size,
+            channel=out.channel,
         )
         self.metrics.requests.inc(model=model, status="ok")
         self.metrics.credits.inc(charge / 1e6, model=model)

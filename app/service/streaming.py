@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator
+from typing import Any
 
 import orjson
 
@@ -14,13 +15,20 @@ from app.service.context import EditContext, Prepared
 
 
 async def relay(
-    prep: Prepared, hold: Hold, task_id: str, ctx: EditContext, meter: Meter, metrics: Metrics
+    prep: Prepared,
+    hold: Hold,
+    task_id: str,
+    ctx: EditContext,
+    meter: Meter,
+    metrics: Metrics,
+    upstream: AsyncIterable[dict[str, Any]],
 ) -> AsyncIterator[bytes]:
-    """Relay OpenAI's SSE events; charge on `image_edit.completed`, refund otherwise."""
+    """Relay the `upstream` events (the caller's stream); charge on `image_edit.completed`,
+    refund otherwise."""
     settled = False
     model = prep.req.model
     try:
-        async for event in prep.adapter.stream(prep.req, ctx.trace_id):
+        async for event in upstream:
             kind = str(event.get("type", "message"))
             if kind.endswith(".completed") and not settled:
                 settled = True
@@ -31,6 +39,7 @@ async def relay(
                     task_id=task_id,
                     usage=usage if isinstance(usage, dict) else None,
                     size=prep.req.size,
+                    channel=getattr(upstream, "channel", None),
                 )
                 metrics.requests.inc(model=model, status="ok")
                 metrics.credits.inc(charge / 1e6, model=model)

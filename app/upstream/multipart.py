@@ -4,8 +4,8 @@ httpx can encode multipart, but it guesses part content types from file names an
 body through a generator of small chunks. Outbound edits need exact per-part content types (OpenAI
 rejects `application/octet-stream`) and are already fully in memory, so the cheapest correct
 encoding is a list of byte pieces. `encode_multipart_parts` returns them unjoined so the HTTP
-client can hand them to one `writev` and an image is never copied at all (an 8 MB copy costs
-~4 ms of page faults); `encode_multipart` joins them for callers that need one `bytes`.
+transport can send them without joining and a large image is never copied (an 8 MB copy costs
+~4 ms of page faults).
 """
 
 from __future__ import annotations
@@ -38,24 +38,14 @@ def new_boundary() -> str:
     return "imagegate-" + secrets.token_hex(16)
 
 
-def encode_multipart(
-    fields: Iterable[tuple[str, str]],
-    files: Iterable[FilePart],
-    *,
-    boundary: str | None = None,
-) -> tuple[bytes, str]:
-    """Encode text fields then files; return `(body, content_type_header)`."""
-    pieces, content_type = encode_multipart_parts(fields, files, boundary=boundary)
-    return b"".join(pieces), content_type
-
-
 def encode_multipart_parts(
     fields: Iterable[tuple[str, str]],
     files: Iterable[FilePart],
     *,
     boundary: str | None = None,
 ) -> tuple[list[bytes], str]:
-    """Like `encode_multipart`, but the body as a list of pieces (file data by reference)."""
+    """Encode text fields then files; return `(pieces, content_type_header)` with the file
+    data by reference."""
     b = (boundary or new_boundary()).encode("ascii")
     dash_boundary = b"--" + b + _CRLF
     pieces: list[bytes] = []

@@ -1,20 +1,34 @@
-"""Shared helpers for adapter/upstream tests: real Pillow images, requests, a recording upstream."""
+"""Shared helpers for adapter/upstream tests: real Pillow images, requests, and a recording
+upstream on a real socket.
+
+`Recorder` is a scripted HTTP server on 127.0.0.1 (aiohttp's low-level server, in the session's
+event loop): every request is recorded, and answered from `answers` in order (the last repeats).
+An answer is a `Reply`, a callable taking the recorded request, `Drop()` (close the connection
+without answering) or `Stall(s)` (answer nothing for s seconds). The adapters are driven through
+`Bound`: the production caller with one channel whose base URL is the recorder — the same
+transport, auth, retries and parsing production runs.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
-from collections.abc import Callable
+import itertools
+import socket
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import httpx
 import orjson
+from aiohttp import web
+from multidict import CIMultiDict, CIMultiDictProxy
 from PIL import Image as PILImage
 
-from app.core.config import ModelConfig, PriceConfig, UpstreamConfig
-from app.domain.edit import EditRequest, Image, ImageRef
-from app.upstream.client import UpstreamClient
+from app.core.config import ModelConfig, PriceConfig, RoutingConfig, UpstreamConfig
+from app.domain.edit import EditOutput, EditRequest, Image, ImageRef
+from app.upstream.caller import UpstreamCaller
+from app.upstream.channels import Channel, ChannelSet
 
 OPENAI_KEY = "sk-test-secret-key-123"
 GEMINI_KEY = "gm-test-secret-key-456"
@@ -59,18 +73,19 @@ def make_req(
 
 
 def upstream_config(kind: str = "openai", **kw: Any) -> UpstreamConfig:
+    google = kind in ("gemini", "vertex")
     defaults: dict[str, Any] = {
         "kind": kind,
-        "base_url": "http://upstream.test/v1"
-        if kind == "openai"
-        else "http://upstream.test/v1beta",
-        "api_key": OPENAI_KEY if kind == "openai" else GEMINI_KEY,
+        "base_url": "http://upstream.test/v1beta" if google else "http://upstream.test/v1",
+        "api_key": GEMINI_KEY if google else OPENAI_KEY,
         "retries": 2,
         "backoff_s": 0.001,
         "timeout_s": 5,
         "connect_timeout_s": 2,
         "max_concurrency": 4,
     }
+    if kind == "azure-openai":
+        defaults["api_version"] = "2025-04-01-preview"
     defaults.update(kw)
     return UpstreamConfig(**defaults)
 
@@ -84,57 +99,186 @@ def model_config(adapter: str, upstream_model: str, upstream: str = "openai") ->
     )
 
 
-Handler = Callable[[httpx.Request], httpx.Response]
+# ---------------------------------------------------------------------------------------------
+# The recording upstream
+
+
+@dataclass
+class Reply:
+    """A scripted answer (the same arguments as an HTTP response: status, content, headers)."""
+
+    status: int = 200
+    content: bytes = b""
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class Drop:
+    """Close the connection without answering."""
+
+
+@dataclass
+class Stall:
+    """Answer nothing for `seconds`."""
+
+    seconds: float = 30.0
+
+
+@dataclass
+class Slow:
+    """Answer `reply` after `seconds` (other requests are served meanwhile)."""
+
+    seconds: float
+    reply: Reply
+
+
+@dataclass
+class Recorded:
+    method: str
+    url: str
+    headers: CIMultiDictProxy[str]
+    content: bytes
+
+
+class _Server:
+    """One aiohttp low-level server for the test session; recorders are told apart by path."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(128)
+        self.port = self.sock.getsockname()[1]
+        self.recorders: dict[str, Recorder] = {}
+        self._started: asyncio.Future[None] | None = None
+
+    async def ensure(self) -> None:
+        if self._started is None:
+            self._started = asyncio.get_running_loop().create_future()
+            server = web.Server(self._handle)
+            await asyncio.get_running_loop().create_server(server, sock=self.sock)
+            self._started.set_result(None)
+        await self._started
+
+    async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        rid, _, rest = request.rel_url.path.lstrip("/").partition("/")
+        rec = self.recorders.get(rid)
+        if rec is None:
+            return web.Response(status=599)
+        body = await request.read()
+        url = f"http://upstream.test/{rest}" + (
+            f"?{request.rel_url.query_string}" if request.rel_url.query_string else ""
+        )
+        return await rec.answer(request, Recorded(request.method, url, request.headers, body))
+
+
+SERVER = _Server()
+_ids = itertools.count(1)
 
 
 @dataclass
 class Recorder:
-    """An `httpx.MockTransport` handler that records requests and answers from a script.
-
-    `answers` are consumed one per request (the last one repeats); each is an `httpx.Response`,
-    an exception instance to raise, or a callable taking the request.
-    """
+    """Records requests and answers from a script (see the module docstring). Recorded URLs
+    read as `http://upstream.test/...` whatever the real port."""
 
     answers: list[Any] = field(default_factory=list)
-    requests: list[httpx.Request] = field(default_factory=list)
+    requests: list[Recorded] = field(default_factory=list)
+    rid: str = ""
+    active: int = 0
+    peak: int = 0
 
-    def __call__(self, request: httpx.Request) -> httpx.Response:
-        request.read()
-        self.requests.append(request)
+    def __post_init__(self) -> None:
+        self.rid = f"r{next(_ids)}"
+        SERVER.recorders[self.rid] = self
+
+    def base(self, path: str) -> str:
+        """The real base URL that reaches this recorder as `http://upstream.test{path}`."""
+        return f"http://127.0.0.1:{SERVER.port}/{self.rid}{path}"
+
+    async def answer(self, request: web.BaseRequest, rec: Recorded) -> web.StreamResponse:
+        self.requests.append(rec)
         answer = self.answers[min(len(self.requests) - 1, len(self.answers) - 1)]
-        if isinstance(answer, BaseException):
-            raise answer
-        if callable(answer):
-            return answer(request)
-        return answer
+        if callable(answer) and not isinstance(answer, Reply | Drop | Stall | Slow):
+            answer = answer(rec)
+        if isinstance(answer, Drop):
+            assert request.transport is not None
+            request.transport.abort()
+            return web.Response(status=500)
+        if isinstance(answer, Slow):
+            self.active += 1
+            self.peak = max(self.peak, self.active)
+            await asyncio.sleep(answer.seconds)
+            self.active -= 1
+            answer = answer.reply
+        if isinstance(answer, Stall):
+            await asyncio.sleep(answer.seconds)
+            return web.Response(status=504)
+        return web.Response(
+            status=answer.status, body=answer.content, headers=CIMultiDict(answer.headers)
+        )
 
     @property
-    def transport(self) -> httpx.MockTransport:
-        return httpx.MockTransport(self)
-
-    @property
-    def last(self) -> httpx.Request:
+    def last(self) -> Recorded:
         return self.requests[-1]
 
 
-def client_with(
-    answers: list[Any], kind: str = "openai", **kw: Any
-) -> tuple[UpstreamClient, Recorder]:
+class Bound:
+    """An adapter behind the production caller, with one channel pointed at a recorder."""
+
+    def __init__(self, adapter: Any, channel: Channel, routing: RoutingConfig) -> None:
+        self.adapter = adapter
+        self.channel = channel
+        channels = ChannelSet({channel.name: channel}, {adapter.model: [channel.name]})
+        self.caller = UpstreamCaller(channels, routing)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.adapter, name)
+
+    async def edit(self, req: EditRequest, trace_id: str) -> EditOutput:
+        await SERVER.ensure()
+        try:
+            return await self.caller.edit(self.adapter, req, trace_id)
+        finally:
+            await self.channel.transport.aclose()
+
+    async def stream(self, req: EditRequest, trace_id: str) -> AsyncIterator[dict[str, Any]]:
+        await SERVER.ensure()
+        try:
+            async for event in self.caller.stream(self.adapter, req, trace_id):
+                yield event
+        finally:
+            await self.channel.transport.aclose()
+
+
+def recording_channel(
+    answers: list[Any], kind: str = "openai", name: str | None = None, **kw: Any
+) -> tuple[Channel, Recorder]:
     rec = Recorder(answers=answers)
-    return UpstreamClient(kind, upstream_config(kind, **kw), transport=rec.transport), rec
+    path = "/v1beta" if kind in ("gemini", "vertex") else "/v1"
+    config = upstream_config(kind, **{"base_url": rec.base(path), **kw})
+    return Channel(name or kind, config, RoutingConfig()), rec
 
 
-def json_response(
-    body: Any, status: int = 200, headers: dict[str, str] | None = None
-) -> httpx.Response:
-    return httpx.Response(
-        status,
-        content=orjson.dumps(body),
-        headers={"content-type": "application/json", **(headers or {})},
+def bind(
+    factory: Callable[[ModelConfig], Any],
+    answers: list[Any],
+    kind: str = "openai",
+    routing: RoutingConfig | None = None,
+    **kw: Any,
+) -> tuple[Bound, Recorder]:
+    """`factory(model_config)` → adapter, bound to a recording channel of `kind`."""
+    channel, rec = recording_channel(answers, kind, **kw)
+    routing = routing or RoutingConfig(max_attempts=channel.config.retries + 1)
+    adapter = factory(model_config("x", "x", channel.name))
+    return Bound(adapter, channel, routing), rec
+
+
+def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Reply:
+    return Reply(
+        status, orjson.dumps(body), {"content-type": "application/json", **(headers or {})}
     )
 
 
-def openai_ok(n: int = 1, fmt: str = "PNG", **extra: Any) -> httpx.Response:
+def openai_ok(n: int = 1, fmt: str = "PNG", **extra: Any) -> Reply:
     data = [{"b64_json": base64.b64encode(image_bytes(32, 32, fmt)).decode()} for _ in range(n)]
     return json_response({"created": 1777048863, "data": data, **extra})
 
@@ -146,7 +290,7 @@ def openai_error(
     type_: str = "invalid_request_error",
     param: str | None = None,
     headers: dict[str, str] | None = None,
-) -> httpx.Response:
+) -> Reply:
     err = {"message": message, "type": type_, "param": param, "code": code}
     return json_response({"error": err}, status, headers)
 
@@ -159,8 +303,9 @@ class Part:
     data: bytes
 
 
-def parse_multipart(request: httpx.Request) -> list[Part]:
+def parse_multipart(request: Recorded | Mapping[str, Any]) -> list[Part]:
     """Split a recorded multipart body into parts (independent of the encoder under test)."""
+    assert isinstance(request, Recorded)
     ctype = request.headers["content-type"]
     assert ctype.startswith("multipart/form-data; boundary=")
     boundary = ctype.split("boundary=", 1)[1].encode()

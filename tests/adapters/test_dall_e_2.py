@@ -8,7 +8,7 @@ from app.adapters.dall_e_2 import DallE2Adapter
 from app.core.errors import GatewayError
 from app.domain.edit import Image
 from tests.adapters import (
-    client_with,
+    bind,
     make_image,
     make_mask,
     make_req,
@@ -21,8 +21,8 @@ from tests.adapters import (
 
 
 def adapter(answers: list | None = None):
-    client, rec = client_with(answers or [openai_ok()])
-    return DallE2Adapter("dall-e-2", model_config("dall-e-2", "dall-e-2"), client), rec
+    mc = model_config("dall-e-2", "dall-e-2")
+    return bind(lambda _: DallE2Adapter("dall-e-2", mc), answers or [openai_ok()])
 
 
 def req(**kw):
@@ -166,5 +166,6 @@ async def test_upstream_error_mapping() -> None:
 def test_no_streaming() -> None:
     a, _ = adapter()
     assert not a.supports_stream()
-    with pytest.raises(GatewayError):
-        a.stream(req(), "t")
+    with pytest.raises(GatewayError) as ei:
+        a.check_fields(req(stream=True))
+    assert ei.value.param == "stream"

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 
-import httpx
 import pytest
 
 from app.adapters.gpt_image import GptImageAdapter
@@ -12,7 +11,8 @@ from app.core.errors import GatewayError
 from app.domain.edit import Image
 from tests.adapters import (
     OPENAI_KEY,
-    client_with,
+    Reply,
+    bind,
     image_bytes,
     json_response,
     make_image,
@@ -29,9 +29,9 @@ GPT_MODELS = ["gpt-image-1", "gpt-image-1-mini", "gpt-image-1.5", "gpt-image-2"]
 
 
 def adapter(model: str = "gpt-image-1.5", answers: list | None = None, **kw):
-    client, rec = client_with(answers or [openai_ok()], **kw)
     upstream_model = model + "-upstream-id" if model != "gpt-image-2" else "gpt-image-2"
-    return GptImageAdapter(model, model_config("gpt-image", upstream_model), client), rec
+    mc = model_config("gpt-image", upstream_model)
+    return bind(lambda _: GptImageAdapter(model, mc), answers or [openai_ok()], **kw)
 
 
 def rejects(model: str, param: str | None, fragment: str = "", **fields) -> GatewayError:
@@ -101,7 +101,7 @@ def test_gpt_image_2_sizes_accepted(size: str | None, sent: str | None) -> None:
     a, _ = adapter("gpt-image-2")
     req = a.check_fields(make_req("gpt-image-2", size=size))
     assert req.size == sent
-    fields = dict(a.fields(req))
+    fields = dict(a.fields(req, "m"))
     assert fields.get("size") == sent
 
 
@@ -214,22 +214,22 @@ def test_input_fidelity_refused_on_mini() -> None:
 def test_input_fidelity_accepted_but_never_sent_on_gpt_image_2() -> None:
     a, _ = adapter("gpt-image-2")
     req = a.check_fields(make_req("gpt-image-2", input_fidelity="high"))
-    assert "input_fidelity" not in dict(a.fields(req))
+    assert "input_fidelity" not in dict(a.fields(req, "m"))
 
 
 @pytest.mark.parametrize("model", ["gpt-image-1", "gpt-image-1.5"])
 def test_input_fidelity_forwarded_where_supported(model: str) -> None:
     a, _ = adapter(model)
     req = a.check_fields(make_req(model, input_fidelity="high"))
-    assert dict(a.fields(req))["input_fidelity"] == "high"
+    assert dict(a.fields(req, "m"))["input_fidelity"] == "high"
 
 
 def test_output_compression_only_sent_with_lossy_formats() -> None:
     a, _ = adapter()
     png = a.check_fields(make_req(output_compression=50))
-    assert "output_compression" not in dict(a.fields(png))
+    assert "output_compression" not in dict(a.fields(png, "m"))
     jpeg = a.check_fields(make_req(output_compression=50, output_format="jpeg"))
-    assert dict(a.fields(jpeg))["output_compression"] == "50"
+    assert dict(a.fields(jpeg, "m"))["output_compression"] == "50"
 
 
 # -- images ----------------------------------------------------------------------------------
@@ -397,7 +397,7 @@ async def test_response_parsed_with_extra_fields() -> None:
 @pytest.mark.parametrize(
     "answer",
     [
-        httpx.Response(200, content=b"<html>oops</html>"),
+        Reply(200, b"<html>oops</html>"),
         json_response({"created": 1, "data": []}),
         json_response({"created": 1}),
         json_response([1, 2]),
@@ -405,7 +405,7 @@ async def test_response_parsed_with_extra_fields() -> None:
         json_response({"created": 1, "data": [{"url": "https://x/y.png"}]}),
     ],
 )
-async def test_malformed_success_is_502(answer: httpx.Response) -> None:
+async def test_malformed_success_is_502(answer: Reply) -> None:
     a, _ = adapter(answers=[answer])
     with pytest.raises(GatewayError) as ei:
         await a.edit(a.check_fields(make_req()), "t")
@@ -473,9 +473,9 @@ async def test_404_model_not_found_is_bad_request() -> None:
 # -- streaming -------------------------------------------------------------------------------
 
 
-def sse(*events: tuple[str, str]) -> httpx.Response:
+def sse(*events: tuple[str, str]) -> Reply:
     body = b"".join(f"event: {e}\ndata: {d}\n\n".encode() for e, d in events)
-    return httpx.Response(200, content=body, headers={"content-type": "text/event-stream"})
+    return Reply(200, body, {"content-type": "text/event-stream"})
 
 
 async def test_stream_relays_events_and_sends_stream_fields() -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 
-import httpx
 import orjson
 import pytest
 
@@ -12,7 +11,8 @@ from app.adapters.nano_banana import NanoBananaAdapter
 from app.core.errors import GatewayError
 from tests.adapters import (
     GEMINI_KEY,
-    client_with,
+    Reply,
+    bind,
     image_bytes,
     json_response,
     make_image,
@@ -29,7 +29,7 @@ def b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
 
 
-def gemini_ok(parts: list[dict], finish: str = "STOP", **extra) -> httpx.Response:
+def gemini_ok(parts: list[dict], finish: str = "STOP", **extra) -> Reply:
     body = {
         "candidates": [{"content": {"role": "model", "parts": parts}, "finishReason": finish}],
         **extra,
@@ -50,9 +50,9 @@ def adapter(
     upstream_model: str = "gemini-2.5-flash-image",
     **kw,
 ):
-    client, rec = client_with(answers or [gemini_ok([image_part()])], kind="gemini", **kw)
     mc = model_config("nano-banana", upstream_model, upstream="gemini")
-    return NanoBananaAdapter(model, mc, client), rec
+    answers = answers or [gemini_ok([image_part()])]
+    return bind(lambda _: NanoBananaAdapter(model, mc), answers, kind="gemini", **kw)
 
 
 def test_prompt_rules() -> None:
@@ -227,13 +227,13 @@ async def test_text_only_answer_quoted_in_error() -> None:
 @pytest.mark.parametrize(
     "answer",
     [
-        httpx.Response(200, content=b"not json"),
+        Reply(200, b"not json"),
         json_response({}),
         json_response({"candidates": ["x"]}),
         json_response({"candidates": [{"content": {"parts": [{"inlineData": {"data": "%%%"}}]}}]}),
     ],
 )
-async def test_malformed_success_is_502(answer: httpx.Response) -> None:
+async def test_malformed_success_is_502(answer: Reply) -> None:
     a, _ = adapter(answers=[answer])
     with pytest.raises(GatewayError) as ei:
         await a.edit(a.check_fields(make_req("nano-banana")), "t")

@@ -1,5 +1,5 @@
 """Over real HTTP: the hand-made multipart must parse with a real server-side parser (Starlette's
-python-multipart), and the pooled client must reuse its connection."""
+python-multipart), and the channel's transport must reuse its connection."""
 
 from __future__ import annotations
 
@@ -13,7 +13,9 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from app.adapters.gpt_image import GptImageAdapter
-from tests.adapters import image_bytes, make_image, make_mask, make_req, model_config
+from app.core.config import RoutingConfig
+from app.upstream.channels import Channel
+from tests.adapters import Bound, image_bytes, make_image, make_mask, make_req, model_config
 from tests.adapters import upstream_config as make_upstream_config
 from tests.support.net import serve
 
@@ -44,13 +46,12 @@ app = Starlette(routes=[Route("/v1/images/edits", edits, methods=["POST"])])
 
 
 async def test_multipart_parses_with_a_real_parser_and_connection_is_reused() -> None:
-    from app.upstream.client import UpstreamClient
-
     seen.clear()
     with serve(app) as server:
         cfg = make_upstream_config(base_url=server.url + "/v1")
-        client = UpstreamClient("openai", cfg)
-        adapter = GptImageAdapter("gpt-image-2", model_config("gpt-image", "gpt-image-2"), client)
+        channel = Channel("openai", cfg, RoutingConfig())
+        gpt = GptImageAdapter("gpt-image-2", model_config("gpt-image", "gpt-image-2"))
+        adapter = Bound(gpt, channel, RoutingConfig())
         imgs = [make_image(64, 64, "PNG"), make_image(20, 20, "JPEG")]
         req = adapter.check_fields(
             make_req(
@@ -62,9 +63,9 @@ async def test_multipart_parses_with_a_real_parser_and_connection_is_reused() ->
                 quality="high",
             )
         )
-        out1 = await adapter.edit(req, "t1")
-        out2 = await adapter.edit(req, "t2")
-        await client.aclose()
+        out1 = await adapter.caller.edit(gpt, req, "t1")
+        out2 = await adapter.caller.edit(gpt, req, "t2")
+        await channel.transport.aclose()
     assert len(out1.images) == len(out2.images) == 1
     first = seen[0]
     assert first["parts"] == [

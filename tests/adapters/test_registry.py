@@ -9,15 +9,8 @@ from app.adapters.dall_e_2 import DallE2Adapter
 from app.adapters.gpt_image import GptImageAdapter
 from app.adapters.nano_banana import NanoBananaAdapter
 from app.core.config import GatewayConfig, Settings, load_config
-from app.upstream.client import UpstreamClient, build_clients
-from tests.adapters import model_config, upstream_config
-
-
-def clients() -> dict[str, UpstreamClient]:
-    return {
-        "openai": UpstreamClient("openai", upstream_config("openai")),
-        "gemini": UpstreamClient("gemini", upstream_config("gemini")),
-    }
+from app.upstream import build_channels
+from tests.adapters import make_req, model_config, upstream_config
 
 
 def test_registry_names() -> None:
@@ -30,17 +23,18 @@ def test_registry_names() -> None:
 
 async def test_shipped_config_builds_every_model() -> None:
     cfg = load_config(Settings(), "app/defaults/gateway.yaml")
-    cs = build_clients(cfg)
-    adapters = build_adapters(cfg, cs)
+    adapters = build_adapters(cfg)
+    channels = build_channels(cfg)
     assert set(adapters) == set(cfg.models)
     assert isinstance(adapters["gpt-image-2"], GptImageAdapter)
     assert isinstance(adapters["dall-e-2"], DallE2Adapter)
     assert isinstance(adapters["nano-banana-pro"], NanoBananaAdapter)
-    assert adapters["nano-banana-pro"].path == "/models/gemini-3-pro-image:generateContent"
+    up = adapters["nano-banana-pro"].build(make_req(), "gemini-3-pro-image", trace_id="t")
+    assert (up.action, up.model) == ("generateContent", "gemini-3-pro-image")
+    assert [c.name for c in channels.of("nano-banana-pro")] == ["gemini"]
     assert adapters["gpt-image-2"].model == "gpt-image-2"
     assert adapters["gpt-image-2"].config.upstream_model == "gpt-image-2"
-    for c in cs.values():
-        await c.aclose()
+    await channels.aclose()
 
 
 def _config(adapter: str, upstream: str = "openai") -> GatewayConfig:
@@ -53,17 +47,17 @@ def _config(adapter: str, upstream: str = "openai") -> GatewayConfig:
 
 def test_unknown_adapter_names_the_model() -> None:
     with pytest.raises(ValueError, match=r"my-model.*'midjourney'"):
-        build_adapters(_config("midjourney"), clients())
+        build_adapters(_config("midjourney"))
 
 
-def test_wrong_upstream_kind_is_refused() -> None:
+def test_wrong_channel_protocol_is_refused() -> None:
     with pytest.raises(ValueError, match=r"my-model.*gemini"):
-        build_adapters(_config("nano-banana", upstream="openai"), clients())
+        build_adapters(_config("nano-banana", upstream="openai"))
 
 
-def test_missing_client_is_refused() -> None:
+def test_unknown_channel_is_refused() -> None:
     with pytest.raises(ValueError, match="my-model"):
-        build_adapters(_config("gpt-image"), {})
+        _config("gpt-image", upstream="nowhere")
 
 
 def test_service_hints() -> None:

@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from app.api.app import create_app
-from app.core.config import GatewayConfig, Settings, load_config
+from app.core.config import GatewayConfig, RoutingConfig, Settings, load_config
 from app.simulator import create_simulator_app
 from tests.support.net import ThreadedServer
 
@@ -84,6 +84,9 @@ def gateway_config(
                 "timeout_s": overrides.pop(f"{name}_timeout_s", 5.0),
             }
         )
+    # These stacks test one channel's answers, not circuit breaking (tests/e2e/test_channels.py
+    # does): a module's many injected failures must not open the circuit for the next test.
+    overrides.setdefault("routing", RoutingConfig(failure_threshold=10_000))
     return config.model_copy(update={"upstreams": upstreams, **overrides})
 
 

@@ -107,6 +107,17 @@ def test_upstream_auth_failure_does_not_leak(fstack: Stack, fkey: dict[str, Any]
     assert r.status_code == 502
     assert "sk-test" not in r.text
     assert fstack.balance(fkey["id"]) == 2
+    # our credential was refused: the key is out of use until an admin puts it back
+    with fstack.admin() as c:
+        openai = next(
+            ch for ch in c.get("/admin/channels").json()["data"] if ch["name"] == "openai"
+        )
+        (k,) = openai["keys"]
+        assert k["state"] == "disabled" and "sk-test" not in str(openai)
+        assert edit(fstack, fkey).status_code == 503  # no usable channel: refused, not charged
+        r = c.post(f"/admin/channels/openai/keys/{k['prefix']}/enable")
+        assert r.status_code == 200, r.text
+    assert edit(fstack, fkey).status_code == 200
 
 
 def test_persistent_5xx_is_502(fstack: Stack, fkey: dict[str, Any]) -> None:
