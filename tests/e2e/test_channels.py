@@ -182,6 +182,10 @@ def test_priority_and_drain_by_patch(chans: Channels) -> None:
     chans.drain("a", "b", disabled=False)
     assert chans.edit(key).status_code == 200
     assert len(chans.seen("c")) == 3  # restored: back to priority 0
+    with chans.admin() as c:
+        r = c.get("/admin/usage", params={"key_id": key["id"], "group_by": "channel"})
+    groups = {g["group"]: g["requests"] for g in r.json()["data"]}
+    assert groups.pop("c") == 3 and sum(groups.values()) == 1
 
 
 # -- failover ----------------------------------------------------------------------------------
@@ -216,6 +220,8 @@ def test_failover_on_each_failure_kind(chans: Channels, failure: str) -> None:
     with chans.admin() as c:
         (row,) = c.get("/admin/usage/records", params={"key_id": key["id"]}).json()["data"]
     assert row["status"] == "succeeded"
+    served = [name for name, st in chans.statuses().items() if 200 in st]
+    assert [row["channel"]] == served  # the ledger names the channel that served it
 
 
 @pytest.mark.parametrize(
