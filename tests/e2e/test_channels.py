@@ -118,7 +118,7 @@ def chans() -> Iterator[Channels]:
             "models": {"gpt-image-1": model},
             "default_model": "gpt-image-1",
             "routing": RoutingConfig(
-                max_attempts=3, failure_threshold=2, cooldown_s=0.3, deadline_s=5
+                max_attempts=3, failure_threshold=2, cooldown_s=2, deadline_s=5
             ),
         }
     )
@@ -282,7 +282,10 @@ def test_circuit_opens_probes_and_closes(chans: Channels) -> None:
     assert a["last_error"] == "HTTP 500"
     assert chans.edit(key).status_code == 200
     assert len(chans.seen("a")) == 2  # open: not tried
-    time.sleep(0.35)  # cooldown_s 0.3
+    deadline = time.monotonic() + 5
+    while chans.channel("a")["state"] == "open":  # cooldown_s 2: then one probe may pass
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
     assert chans.channel("a")["state"] == "half_open"
     assert chans.edit(key).status_code == 200
     assert len(chans.seen("a")) == 3  # the probe went to a, and succeeded
