@@ -248,6 +248,55 @@ def cmd_audit(args: argparse.Namespace) -> int:
     return _run_admin(args, run)
 
 
+# --- channels (state lives in the running gateway, so these ask it over HTTP) ---------------
+CHANNEL_COLUMNS = ["name", "kind", "state", "priority", "weight", "keys", "in_flight",
+                   "attempts_5m", "failures_5m", "last_error", "cooldown_until"]  # fmt: skip
+
+
+def _admin_key(settings: Settings) -> str | None:
+    if settings.admin_key:
+        return settings.admin_key
+    path = Path(settings.data_dir) / "admin_key"
+    return path.read_text().strip() if path.is_file() else None
+
+
+def cmd_channels(args: argparse.Namespace) -> int:
+    import httpx
+
+    settings = _settings(args)
+    key = args.admin_key or _admin_key(settings)
+    if not key:
+        print(
+            "error: no admin key (IMAGEGATE_ADMIN_KEY, --admin-key, or data dir)", file=sys.stderr
+        )
+        return 2
+    headers = {"authorization": f"Bearer {key}"}
+    url = args.url.rstrip("/") + "/admin/channels"
+    try:
+        with httpx.Client(headers=headers, timeout=10) as client:
+            cmd = args.channels_cmd
+            if cmd == "disable" or cmd == "enable":
+                r = client.patch(f"{url}/{args.name}", json={"disabled": cmd == "disable"})
+            elif cmd == "enable-key":
+                r = client.post(f"{url}/{args.name}/keys/{args.prefix}/enable")
+            else:
+                r = client.get(url)
+    except httpx.HTTPError as exc:
+        print(f"error: gateway at {args.url} not reachable: {exc}", file=sys.stderr)
+        return 1
+    if r.status_code >= 400:
+        message = r.json().get("error", {}).get("message", r.text) if r.content else r.reason_phrase
+        print(f"error: {message}", file=sys.stderr)
+        return 2
+    body = r.json()
+    rows = body.get("data", [body])
+    if not args.json:
+        for row in rows:
+            row["keys"] = " ".join(f"{k['prefix']}:{k['state']}" for k in row["keys"])
+    _print(rows, args.json, CHANNEL_COLUMNS)
+    return 0
+
+
 # --- parser -------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
@@ -344,6 +393,20 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--offset", type=int, default=0)
     a.add_argument("--json", action="store_true")
     a.set_defaults(fn=cmd_audit)
+
+    ch = sub.add_parser("channels", help="upstream channels of a running gateway: state, drain")
+    ch.add_argument("--url", default="http://127.0.0.1:8000", help="the gateway's base URL")
+    ch.add_argument("--admin-key", help="default: IMAGEGATE_ADMIN_KEY or the data dir's key")
+    ch.add_argument("--json", action="store_true")
+    chs = ch.add_subparsers(dest="channels_cmd")
+    c = chs.add_parser("disable", help="drain a channel")
+    c.add_argument("name")
+    c = chs.add_parser("enable", help="restore a drained channel (and close its circuit)")
+    c.add_argument("name")
+    c = chs.add_parser("enable-key", help="put a taken-out key back in use")
+    c.add_argument("name")
+    c.add_argument("prefix")
+    ch.set_defaults(fn=cmd_channels)
     return p
 
 

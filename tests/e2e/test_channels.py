@@ -7,6 +7,7 @@ counts the attempts each one saw and the credits that moved.
 
 from __future__ import annotations
 
+import json
 import tempfile
 import time
 from collections.abc import Iterator
@@ -356,3 +357,23 @@ def test_admin_channels_unknown_names_are_404(chans: Channels) -> None:
         assert c.post("/admin/channels/a/keys/zz-nope/enable").status_code == 404
         r = c.patch("/admin/channels/a", json={"disabled": "yes"})
         assert r.status_code == 400 and r.json()["error"]["param"] == "disabled"
+
+
+def test_imagegate_channels_command(chans: Channels, capsys: pytest.CaptureFixture[str]) -> None:
+    from app.cli import main
+
+    base = ["channels", "--url", chans.gateway.url, "--admin-key", ADMIN_KEY]
+    assert main(base) == 0
+    table = capsys.readouterr().out
+    assert table.splitlines()[0].split()[:3] == ["NAME", "KIND", "STATE"]
+    assert "azure-openai" in table and "sk-a1-se…:ok" in table
+    assert KEY_A1 not in table
+    assert main([*base, "disable", "b"]) == 0
+    assert chans.channel("b")["state"] == "disabled"
+    assert main([*base, "enable", "b"]) == 0
+    assert chans.channel("b")["state"] == "closed"
+    assert main([*base, "enable-key", "a", "sk-a1"]) == 0
+    assert main([*base, "enable-key", "a", "zz"]) == 2
+    assert "no key" in capsys.readouterr().err
+    assert main([*base, "--json"]) == 0
+    assert {c["name"] for c in json.loads(capsys.readouterr().out)} == {"a", "b", "c"}
