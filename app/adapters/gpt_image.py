@@ -173,7 +173,10 @@ class GptImageAdapter(OpenAIImages):
                 out.append((key, value))
         if req.output_compression is not None and req.output_format in ("jpeg", "webp"):
             out.append(("output_compression", str(req.output_compression)))
-        if req.input_fidelity is not None and self.fidelity_supported and not self.is_gpt2:
+        # A channel may serve this model from gpt-image-2 (`model_map`): never send what that
+        # model refuses to change, whatever the client-facing model accepts.
+        gpt2 = self.is_gpt2 or model_id.startswith("gpt-image-2")
+        if req.input_fidelity is not None and self.fidelity_supported and not gpt2:
             out.append(("input_fidelity", req.input_fidelity))
         if streaming:
             out.append(("stream", "true"))

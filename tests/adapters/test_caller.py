@@ -354,3 +354,10 @@ async def test_requests_go_through_an_http_proxy(monkeypatch: pytest.MonkeyPatch
         assert targets == ["http://api.example.test/v1/images/edits"]
     finally:
         srv.close()
+
+
+async def test_model_map_to_gpt_image_2_drops_what_it_refuses() -> None:
+    a, rec = gpt([openai_ok()], model_map={"gpt-image-1.5": "gpt-image-2"})
+    await a.edit(a.check_fields(make_req(input_fidelity="high")), "t")
+    fields = text_fields(parse_multipart(rec.last))
+    assert fields["model"] == "gpt-image-2" and "input_fidelity" not in fields
