@@ -246,18 +246,13 @@ def _images(result: dict[str, Any] | None) -> list[str]:
 
 
 def channels(gw: Gateway) -> list[dict[str, Any]]:
-    """The configured upstream channels and the models each serves."""
+    """The upstream channels, the models each serves and their live state in this process."""
     out = []
-    for name, up in gw.config.upstreams.items():
-        models = sorted(m for m, mc in gw.config.models.items() if mc.upstream == name)
+    for view in gw.channels.view(time.time()):
         out.append(
             {
-                "name": name,
-                "kind": up.kind,
-                "host": urlsplit(up.base_url).netloc,
-                "models": models,
-                "max_concurrency": up.max_concurrency,
-                "state": "configured",
+                **view,
+                "host": urlsplit(view["base_url"]).netloc,
             }
         )
     return out
