@@ -16,6 +16,7 @@ from starlette.routing import BaseRoute
 from app.api.app import create_app
 from app.api.deps import ADMIN_PREFIX, AdminRoute
 from tests.e2e.conftest import Stack
+from tests.support.routes import leaf_routes
 
 BAD_AUTH = [{}, {"authorization": "Bearer wrong-admin-key"}, {"authorization": "Basic eDp5"}]
 # Invalid in every way a handler could look at: malformed JSON, a bad query, a huge field.
@@ -29,17 +30,10 @@ BAD_QUERY = "?limit=notanumber&offset=-1&group_by=bogus&format=nope"
 
 def admin_routes() -> list[tuple[str, str, BaseRoute]]:
     """(method, path, route) of every admin endpoint, included routers flattened."""
-    app = create_app()
-    try:  # FastAPI >= 0.165 keeps included routers as one entry each
-        from fastapi.routing import iter_route_contexts
-
-        leaves = [(c.path, c.methods, c.original_route) for c in iter_route_contexts(app.routes)]
-    except ImportError:
-        leaves = [(getattr(r, "path", None), getattr(r, "methods", None), r) for r in app.routes]
     out = []
-    for path, methods, route in leaves:
-        if path and path.startswith(ADMIN_PREFIX):
-            out.extend((method, path, route) for method in sorted(methods or ()))
+    for path, methods, route in leaf_routes(create_app()):
+        if path.startswith(ADMIN_PREFIX):
+            out.extend((method, path, route) for method in sorted(methods))
     return out
 
 

@@ -3,22 +3,18 @@ edits spread over both processes, every scrape shows N, whichever process answer
 
 from __future__ import annotations
 
-import json
-import os
 import re
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import httpx
 import pytest
 
 from tests.support import images
-from tests.support.net import free_port
+from tests.support.procs import ROOT, GatewayProcess
 
 EDITS = 6
 SCRAPES = 8
+ADMIN = "metrics-admin-key"
 
 
 def _count(text: str, pattern: str) -> float:
@@ -27,40 +23,23 @@ def _count(text: str, pattern: str) -> float:
 
 
 def test_every_scrape_shows_the_group_totals(tmp_path: Path) -> None:
-    port = free_port()
     prom = tmp_path / "prom"
     prom.mkdir()
     (prom / "counter_999999.db").write_bytes(b"left over by an earlier run")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("IMAGEGATE_")}
-    env["PROMETHEUS_MULTIPROC_DIR"] = str(prom)
-    log = (tmp_path / "serve.log").open("wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "app", "serve", "--port", str(port), "--workers", "2"],
-        cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT,
-    )  # fmt: skip
-    base = f"http://127.0.0.1:{port}"
+    env = {"PROMETHEUS_MULTIPROC_DIR": str(prom), "IMAGEGATE_ADMIN_KEY": ADMIN}
+    # The shipped config without upstream keys: the simulated upstream, as a newcomer runs it.
+    gw = GatewayProcess(ROOT / "config" / "gateway.yaml", env=env, args=["--workers", "2"])
+    gw.start()
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(base + "/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, (tmp_path / "serve.log").read_text()
-            time.sleep(0.1)
         assert not (prom / "counter_999999.db").exists()  # cleaned at start
-        created = subprocess.run(
-            [sys.executable, "-m", "app", "keys", "create", "--name", "m", "--credits", "10",
-             "--json"],
-            cwd=tmp_path, env=env, capture_output=True, text=True, check=True,
-        )  # fmt: skip
-        key = json.loads(created.stdout)["key"]
+        admin = {"authorization": f"Bearer {ADMIN}"}
+        key = httpx.post(gw.url + "/admin/keys", json={"name": "m", "credits": 10}, headers=admin)
+        secret = key.json()["key"]
         png = images.png(64, 64)
         for _ in range(EDITS):  # a new connection each time, so both processes take some
             r = httpx.post(
-                base + "/v1/images/edits",
-                headers={"authorization": f"Bearer {key}", "connection": "close"},
+                gw.url + "/v1/images/edits",
+                headers={"authorization": f"Bearer {secret}", "connection": "close"},
                 data={"model": "gpt-image-1", "prompt": "dark mode"},
                 files={"image": ("a.png", png, "image/png")},
                 timeout=30,
@@ -69,7 +48,7 @@ def test_every_scrape_shows_the_group_totals(tmp_path: Path) -> None:
         served = {p.name for p in prom.glob("counter_*.db")}
         seen = []
         for _ in range(SCRAPES):
-            text = httpx.get(base + "/metrics", headers={"connection": "close"}).text
+            text = httpx.get(gw.url + "/metrics", headers={"connection": "close"}).text
             seen.append(
                 (
                     _count(text, r'imagegate_requests_total\{model="gpt-image-1",status="ok"\}'),
@@ -79,7 +58,5 @@ def test_every_scrape_shows_the_group_totals(tmp_path: Path) -> None:
             )
         assert seen == [(EDITS, pytest.approx(EDITS * 0.10), EDITS)] * SCRAPES, (seen, served)
     finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-        log.close()
-    assert proc.returncode == 0, (tmp_path / "serve.log").read_text()[-3000:]
+        gw.stop()
+    assert gw.proc is not None and gw.proc.returncode == 0, gw.log.read_text()[-3000:]

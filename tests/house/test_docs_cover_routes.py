@@ -7,19 +7,10 @@ import re
 from pathlib import Path
 
 from app.api.app import create_app
+from tests.support.routes import leaf_routes
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 UNDOCUMENTED = {"/docs/oauth2-redirect", "/redoc"}  # FastAPI's own pages beside /docs
-
-
-def _paths() -> set[str]:
-    app = create_app()
-    try:  # FastAPI >= 0.165 keeps included routers as one entry each
-        from fastapi.routing import iter_route_contexts
-
-        return {c.path for c in iter_route_contexts(app.routes) if c.path}
-    except ImportError:
-        return {p for r in app.routes if (p := getattr(r, "path", None))}
 
 
 def _shape(path: str) -> str:
@@ -29,6 +20,8 @@ def _shape(path: str) -> str:
 def test_every_route_is_documented() -> None:
     text = _shape("\n".join(p.read_text() for p in DOCS.glob("*.md")))
     missing = sorted(
-        p for p in _paths() - UNDOCUMENTED if not p.startswith("/static") and _shape(p) not in text
+        p
+        for p in {path for path, _, _ in leaf_routes(create_app())} - UNDOCUMENTED
+        if not p.startswith("/static") and _shape(p) not in text
     )
     assert not missing, f"describe in docs/API.md (or your topic file): {missing}"

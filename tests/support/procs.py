@@ -8,6 +8,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -44,8 +45,10 @@ class GatewayProcess:
         env: dict[str, str],
         port: int | None = None,
         data_dir: Path | None = None,
+        args: Sequence[str] = (),
     ) -> None:
         self.port = port or free_port()
+        self.args = list(args)
         self.config = config
         self.data_dir = data_dir or Path(tempfile.mkdtemp(prefix="imagegate-gw-"))
         self.env = {
@@ -75,6 +78,7 @@ class GatewayProcess:
                     str(self.port),
                     "--config",
                     str(self.config),
+                    *self.args,
                 ],
                 env=self.env,
                 stdout=log,
