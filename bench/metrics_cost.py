@@ -111,9 +111,10 @@ def _report(results: dict[str, list[float]], args: argparse.Namespace) -> str:
         "",
         f"{dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC, `python -m bench.metrics_cost "
         f"--rounds {args.rounds} --requests {args.requests}`, Python "
-        f"{platform.python_version()}, {os.cpu_count()} CPUs. **The machine was shared** with "
-        "other jobs; the variants ran interleaved, round by round, so the ratio is fairer "
-        "than the absolute numbers.",
+        f"{platform.python_version()}, {os.cpu_count()} CPUs, load average "
+        f"{os.getloadavg()[0]:.1f} at the end. **The machine was shared** with other jobs; the "
+        "variants ran interleaved, round by round, so the ratio is fairer than the absolute "
+        "numbers.",
         "",
         "One successful edit = 4 observations (requests +1, credits, upstream latency, gateway "
         "latency). µs per request:",
@@ -126,7 +127,14 @@ def _report(results: dict[str, list[float]], args: argparse.Namespace) -> str:
         lines.append(
             f"| {variant} | {med:.2f} | {min(values):.2f} | {max(values):.2f} | {med / base:.1f}x |"
         )
-    lines.append("")
+    lines += [
+        "",
+        "For scale: the gateway's whole CPU time per 100 KB edit is about 590 µs "
+        "(`make bench`, bench/results/2026-11-21-9c51207.md). `serve --workers N` pays the "
+        "multiprocess row: each observation is written to a memory-mapped file so that every "
+        "scrape sums the whole process group.",
+        "",
+    ]
     return "\n".join(lines)
 
 
