@@ -27,7 +27,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from app.simulator import gemini_api, openai_api
-from app.simulator.common import DisconnectResponse, SimContext, begin_record, read_body
+from app.simulator.common import SimContext, begin_record, read_body, record_status
 from app.simulator.errors import SimError, google_error, json_response, openai_error
 
 GOOGLE_TOKEN_AUDIENCE = "https://oauth2.googleapis.com/token"
@@ -94,9 +94,7 @@ def routes(ctx: SimContext) -> list[Route]:
             response = await openai_api.handle_edit(request, ctx, record, _azure_auth)
         except SimError as exc:
             response = exc.to_response()
-        record["status"] = (
-            None if isinstance(response, DisconnectResponse) else response.status_code
-        )
+        record_status(record, response)
         response.headers["apim-request-id"] = secrets.token_hex(16)
         return response
 
@@ -112,9 +110,7 @@ def routes(ctx: SimContext) -> list[Route]:
             )
         except SimError as exc:
             response = exc.to_response()
-        record["status"] = (
-            None if isinstance(response, DisconnectResponse) else response.status_code
-        )
+        record_status(record, response)
         return response
 
     async def token(request: Request) -> Response:

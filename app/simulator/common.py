@@ -47,6 +47,11 @@ def begin_record(request: Request, state: SimulatorState, protocol: str) -> dict
     )
 
 
+def record_status(record: dict[str, Any], response: Response) -> None:
+    """The status the client saw (None: the connection was dropped without an answer)."""
+    record["status"] = None if isinstance(response, DisconnectResponse) else response.status_code
+
+
 async def read_body(request: Request, limit: int = MAX_BODY_BYTES) -> bytes | None:
     """The whole body, or None when it is larger than ``limit`` (checked while reading)."""
     chunks: list[bytes] = []

@@ -31,6 +31,7 @@ from app.simulator.common import (
     begin_record,
     pause,
     read_body,
+    record_status,
 )
 from app.simulator.errors import (
     GOOGLE_DEFAULT_MESSAGES,
@@ -633,9 +634,7 @@ def routes(ctx: SimContext) -> list[Route]:
             response = await handle_generate(request, ctx, record, model_id, method)
         except SimError as exc:
             response = exc.to_response()
-        record["status"] = (
-            None if isinstance(response, DisconnectResponse) else response.status_code
-        )
+        record_status(record, response)
         return response
 
     async def list_models(request: Request) -> Response:

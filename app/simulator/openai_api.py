@@ -30,6 +30,7 @@ from app.simulator.common import (
     new_id,
     pause,
     read_body,
+    record_status,
 )
 from app.simulator.errors import (
     OPENAI_DEFAULTS,
@@ -408,9 +409,7 @@ def routes(ctx: SimContext) -> list[Route]:
             response = await handle_edit(request, ctx, record)
         except SimError as exc:
             response = exc.to_response()
-        record["status"] = (
-            None if isinstance(response, DisconnectResponse) else response.status_code
-        )
+        record_status(record, response)
         response.headers["x-request-id"] = new_id("req_", 16)
         response.headers["openai-processing-ms"] = str(int((time.perf_counter() - started) * 1000))
         response.headers["openai-version"] = "2020-10-01"

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,21 +17,14 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from app.adapters.gpt_image import GptImageAdapter
 from app.adapters.nano_banana import NanoBananaAdapter
 from app.core.config import RoutingConfig
-from app.simulator.app import create_simulator_app
 from app.upstream.channels import Channel
 from tests.adapters import Bound, make_req, model_config, upstream_config
-from tests.support.net import ThreadedServer, serve
-
-
-@pytest.fixture(scope="module")
-def sim() -> Iterator[ThreadedServer]:
-    with serve(create_simulator_app()) as server:
-        yield server
+from tests.support.net import ThreadedServer
 
 
 @pytest.fixture(autouse=True)
-def _reset(sim: ThreadedServer) -> None:
-    httpx.post(sim.url + "/_sim/reset")
+def _reset(fresh_sim: ThreadedServer) -> None:
+    """Every test starts with a quiet simulator (tests/adapters/conftest.py)."""
 
 
 def recorded(sim: ThreadedServer) -> list[dict[str, Any]]:

@@ -6,7 +6,6 @@ that faults injected upstream (errors, safety, text-only, timeouts) come back ma
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -17,21 +16,14 @@ from app.adapters.gpt_image import GptImageAdapter
 from app.adapters.nano_banana import NanoBananaAdapter
 from app.core.config import RoutingConfig
 from app.core.errors import GatewayError
-from app.simulator.app import create_simulator_app
 from app.upstream.channels import Channel
 from tests.adapters import Bound, make_image, make_mask, make_req, model_config, upstream_config
-from tests.support.net import ThreadedServer, serve
-
-
-@pytest.fixture(scope="module")
-def sim() -> Iterator[ThreadedServer]:
-    with serve(create_simulator_app()) as server:
-        yield server
+from tests.support.net import ThreadedServer
 
 
 @pytest.fixture(autouse=True)
-def _reset(sim: ThreadedServer) -> None:
-    httpx.post(sim.url + "/_sim/reset")
+def _reset(fresh_sim: ThreadedServer) -> None:
+    """Every test starts with a quiet simulator (tests/adapters/conftest.py)."""
 
 
 def fault(sim: ThreadedServer, **spec: Any) -> None:
