@@ -361,3 +361,43 @@ async def test_model_map_to_gpt_image_2_drops_what_it_refuses() -> None:
     await a.edit(a.check_fields(make_req(input_fidelity="high")), "t")
     fields = text_fields(parse_multipart(rec.last))
     assert fields["model"] == "gpt-image-2" and "input_fidelity" not in fields
+
+
+async def test_azure_content_filter_is_moderation_and_not_retried() -> None:
+    body = {
+        "error": {
+            "code": "content_policy_violation",
+            "message": "Your request was rejected as a result of our safety system.",
+            "type": "invalid_request_error",
+            "inner_error": {"code": "ResponsibleAIPolicyViolation"},
+        }
+    }
+    a, rec = gpt([json_response(body, 400), openai_ok()], kind="azure-openai")
+    with pytest.raises(GatewayError) as ei:
+        await edit(a)
+    assert (ei.value.code, ei.value.status) == ("moderation_blocked", 400)
+    assert len(rec.requests) == 1
+
+
+async def test_gemini_per_day_quota_cools_the_key_for_an_hour() -> None:
+    body = {
+        "error": {
+            "code": 429,
+            "status": "RESOURCE_EXHAUSTED",
+            "message": "You exceeded your current quota",
+            "details": [
+                {
+                    "@type": "type.googleapis.com/google.rpc.QuotaFailure",
+                    "violations": [
+                        {"quotaId": "GenerateRequestsPerDayPerProjectPerModel-FreeTier"}
+                    ],
+                }
+            ],
+        }
+    }
+    a, rec = banana([json_response(body, 429)], retries=0)
+    with pytest.raises(GatewayError) as ei:
+        await a.edit(a.check_fields(make_req("nano-banana")), "t")
+    assert ei.value.status == 429 and len(rec.requests) == 1
+    (key,) = a.channel.keys
+    assert key.cooldown_until - time.time() > 3000  # not worth retrying before the daily reset
