@@ -1,12 +1,15 @@
-"""docs/CONFIG.md names every setting and every YAML field: a field added to
-`app/core/config.py` without a line in the docs fails here (with the names to add)."""
+"""docs/CONFIG.md names every setting and every YAML field with its default: a field added to
+`app/core/config.py` without a line in the docs, or a default changed in the code but not in
+the docs, fails here (with the names to fix)."""
 
 from __future__ import annotations
 
+import re
 import typing
 from pathlib import Path
 
 from pydantic import BaseModel
+from pydantic_core import PydanticUndefined
 
 from app.core.config import GatewayConfig, Settings
 
@@ -52,3 +55,52 @@ def test_every_yaml_field_is_documented() -> None:
         {path for path, leaf in _fields(GatewayConfig) if not _documented(text, path, leaf)}
     )
     assert not missing, f"add to docs/CONFIG.md (with the default): {missing}"
+
+
+def _sections(text: str) -> dict[str, list[list[str]]]:
+    """Table rows (as cells) under each `### name` heading."""
+    out: dict[str, list[list[str]]] = {}
+    rows: list[list[str]] = []
+    for line in text.splitlines():
+        if line.startswith("### "):
+            rows = out.setdefault(line[4:].strip(), [])
+        elif line.startswith("|"):
+            rows.append([c.strip() for c in line.strip("|").split("|")])
+    return out
+
+
+def _spellings(value: object) -> set[str]:
+    if isinstance(value, bool):
+        return {str(value).lower()}
+    if isinstance(value, float) and value.is_integer():
+        return {str(int(value)), str(value)}
+    return {str(value)}
+
+
+def test_every_default_is_documented() -> None:
+    sections = _sections(DOC.read_text())
+    wrong = []
+    for path, leaf in _fields(GatewayConfig):
+        top = path.split(".")[0]
+        field = _field(path)
+        default = field.default
+        if (
+            default is PydanticUndefined
+            or default is None
+            or not isinstance(default, (int, float, str))
+        ):
+            continue
+        rows = [r for r in sections.get(top, []) if re.search(rf"[`.]{leaf}`", r[0])]
+        said = " | ".join(c for r in rows for c in r[1:])
+        if not any(re.search(rf"(?<![\d.]){re.escape(s)}(?![\d.])", said) for s in
+                   _spellings(default)):  # fmt: skip
+            wrong.append(f"{path} (code: {default!r}; docs: {said or 'no row'})")
+    assert not wrong, "docs/CONFIG.md disagrees with app/core/config.py:\n" + "\n".join(wrong)
+
+
+def _field(path: str) -> typing.Any:
+    model: type[BaseModel] = GatewayConfig
+    *parents, leaf = path.split(".")
+    for name in parents:
+        model = _models(model.model_fields[name].annotation)[0]
+    return model.model_fields[leaf]
