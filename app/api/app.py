@@ -14,6 +14,7 @@ from app import __version__
 from app.api.middleware import FastRoutes, RequestContextMiddleware
 from app.api.responses import JSONResponse, error_response
 from app.api.routes import admin, admin_tasks, audit, channels, edits, files, health, me, tasks
+from app.api.views import ErrorEnvelope
 from app.console import routes as console
 from app.core.config import GatewayConfig, Settings
 from app.core.errors import GatewayError
@@ -46,6 +47,11 @@ def create_app(
         lifespan=lifespan,
         docs_url=None,  # served by app/console with assets from this package (works offline)
         redoc_url=None,
+        # Every failure, on every route, is the one error envelope (docs/API.md, "Errors").
+        responses={
+            "4XX": {"model": ErrorEnvelope, "description": "Client error"},
+            "5XX": {"model": ErrorEnvelope, "description": "Server or upstream error"},
+        },
     )
 
     @app.exception_handler(GatewayError)

@@ -1,10 +1,18 @@
-"""How keys and usage look on the wire: decimal credits outside, micro-credits inside."""
+"""How keys and usage look on the wire: decimal credits outside, micro-credits inside.
+
+Each view function has a pydantic model of its output beside it: the models only document the
+responses in OpenAPI (the handlers send the dicts as they are), and the schemathesis test
+checks every admin response against them, so a field added to a view must be added to its
+model.
+"""
 
 from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict
 
 from app.core.errors import bad_request
 from app.core.money import credits_json
@@ -46,6 +54,59 @@ def parse_time(value: Any, param: str) -> float | None:
     return ts
 
 
+class _Wire(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ErrorDetail(_Wire):
+    code: str
+    message: str
+    type: str
+    param: str | None
+
+
+class ErrorEnvelope(_Wire):
+    """Every error, whatever the endpoint (docs/API.md, "Errors")."""
+
+    success: Literal[False]
+    error: ErrorDetail
+    trace_id: str
+
+
+class KeyView(_Wire):
+    id: str
+    name: str
+    prefix: str
+    balance: float
+    rpm: int | None
+    max_concurrency: int | None
+    models: list[str] | None
+    expires_at: str | None
+    disabled: bool
+    created_at: str | None
+
+
+class KeyCreated(KeyView):
+    """The key as created: the only response that shows the secret and the webhook secret."""
+
+    key: str
+    webhook_secret: str
+
+
+class KeyList(_Wire):
+    data: list[KeyView]
+
+
+class KeyDeleted(_Wire):
+    id: str
+    deleted: bool
+
+
+class KeyBalance(_Wire):
+    id: str
+    balance: float
+
+
 def key_view(key: ApiKey) -> dict[str, Any]:
     return {
         "id": key.id,
@@ -59,6 +120,33 @@ def key_view(key: ApiKey) -> dict[str, Any]:
         "disabled": key.disabled,
         "created_at": iso(key.created_at),
     }
+
+
+class RecordView(_Wire):
+    created_at: str | None
+    key_id: str
+    model: str
+    size_tier: str
+    images: int
+    credits: float
+    reserved: float
+    status: str
+    error_code: str | None
+    task_id: str
+    trace_id: str
+    latency_ms: int
+    channel: str
+    operation: str
+    cost_usd: float
+    cost_estimated: bool
+    usage: dict[str, Any] | None
+
+
+class RecordPage(_Wire):
+    data: list[RecordView]
+    limit: int
+    offset: int
+    next_offset: int | None
 
 
 def record_view(r: UsageRecord) -> dict[str, Any]:
@@ -89,6 +177,22 @@ def record_csv_row(r: UsageRecord) -> dict[str, Any]:
     row = record_view(r)
     row["usage"] = "" if r.usage is None else json.dumps(r.usage, separators=(",", ":"))
     return row
+
+
+class GroupView(_Wire):
+    group: str
+    requests: int
+    succeeded: int
+    failed: int
+    images: int
+    credits: float
+    cost_usd: float
+    estimated: int
+
+
+class UsageSummary(_Wire):
+    group_by: str
+    data: list[GroupView]
 
 
 def group_view(g: UsageGroup) -> dict[str, Any]:

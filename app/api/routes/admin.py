@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import csv
 import io
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from fastapi import Query, Request
+from fastapi import Depends, Query
 from pydantic import BaseModel, ConfigDict, Field, StrictInt
 from starlette.responses import Response
 
@@ -17,6 +17,13 @@ from app.api.deps import AdminActor, AdminGateway, admin_router
 from app.api.responses import JSONResponse
 from app.api.views import (
     RECORD_COLUMNS,
+    KeyBalance,
+    KeyCreated,
+    KeyDeleted,
+    KeyList,
+    KeyView,
+    RecordPage,
+    UsageSummary,
     group_view,
     key_view,
     parse_time,
@@ -63,7 +70,12 @@ class CreditsBody(_Body):
     note: str | None = Field(None, max_length=500)
 
 
-@router.post("/keys", status_code=201, summary="Create an API key (the secret is shown once)")
+@router.post(
+    "/keys",
+    status_code=201,
+    summary="Create an API key (the secret is shown once)",
+    responses={201: {"model": KeyCreated}},
+)
 async def create_key(body: KeyCreate, gw: AdminGateway, by: AdminActor) -> JSONResponse:
     new = await gw.keys.create(
         by=by,
@@ -78,17 +90,21 @@ async def create_key(body: KeyCreate, gw: AdminGateway, by: AdminActor) -> JSONR
     return JSONResponse(out, 201)
 
 
-@router.get("/keys", summary="List API keys")
+@router.get("/keys", summary="List API keys", responses={200: {"model": KeyList}})
 async def list_keys(gw: AdminGateway) -> JSONResponse:
     return JSONResponse({"data": [key_view(k) for k in await gw.keys.list()]})
 
 
-@router.get("/keys/{key_id}", summary="One API key")
+@router.get("/keys/{key_id}", summary="One API key", responses={200: {"model": KeyView}})
 async def get_key(key_id: str, gw: AdminGateway) -> JSONResponse:
     return JSONResponse(key_view(await gw.keys.get(key_id)))
 
 
-@router.patch("/keys/{key_id}", summary="Change a key's name, limits, models, expiry, disabled")
+@router.patch(
+    "/keys/{key_id}",
+    summary="Change a key's name, limits, models, expiry, disabled",
+    responses={200: {"model": KeyView}},
+)
 async def update_key(
     key_id: str, body: KeyUpdate, gw: AdminGateway, by: AdminActor
 ) -> JSONResponse:
@@ -103,14 +119,18 @@ async def update_key(
     return JSONResponse(key_view(key))
 
 
-@router.delete("/keys/{key_id}", summary="Revoke a key")
+@router.delete("/keys/{key_id}", summary="Revoke a key", responses={200: {"model": KeyDeleted}})
 async def delete_key(key_id: str, gw: AdminGateway, by: AdminActor) -> JSONResponse:
     await gw.keys.revoke(key_id, by=by)
     gw.meter.forget(key_id)
     return JSONResponse({"id": key_id, "deleted": True})
 
 
-@router.post("/keys/{key_id}/credits", summary="Top up (or deduct with a negative amount)")
+@router.post(
+    "/keys/{key_id}/credits",
+    summary="Top up (or deduct with a negative amount)",
+    responses={200: {"model": KeyBalance}},
+)
 async def add_credits(
     key_id: str, body: CreditsBody, gw: AdminGateway, by: AdminActor
 ) -> JSONResponse:
@@ -119,26 +139,41 @@ async def add_credits(
     return JSONResponse({"id": key_id, "balance": credits_json(balance)})
 
 
-def _query(request: Request) -> UsageQuery:
-    q = request.query_params
+def usage_filters(
+    key_id: str | None = None,
+    model: str | None = None,
+    since: str | None = Query(None, description="unix seconds or ISO 8601"),
+    until: str | None = Query(None, description="unix seconds or ISO 8601"),
+    channel: str | None = None,
+    operation: str | None = None,
+    status: str | None = None,
+) -> UsageQuery:
+    """The filters both usage endpoints take (empty means no filter)."""
     return UsageQuery(
-        key_id=q.get("key_id") or None,
-        model=q.get("model") or None,
-        since=parse_time(q.get("since"), "since"),
-        until=parse_time(q.get("until"), "until"),
-        channel=q.get("channel") or None,
-        operation=q.get("operation") or None,
-        status=q.get("status") or None,
+        key_id=key_id or None,
+        model=model or None,
+        since=parse_time(since, "since"),
+        until=parse_time(until, "until"),
+        channel=channel or None,
+        operation=operation or None,
+        status=status or None,
     )
 
 
-@router.get("/usage", summary="Usage aggregates: requests, images, credits, upstream cost (USD)")
+UsageFilters = Annotated[UsageQuery, Depends(usage_filters)]
+
+
+@router.get(
+    "/usage",
+    summary="Usage aggregates: requests, images, credits, upstream cost (USD)",
+    responses={200: {"model": UsageSummary}},
+)
 async def usage(
     gw: AdminGateway,
-    request: Request,
+    query: UsageFilters,
     group_by: Literal["day", "model", "key", "channel", "operation"] = "day",
 ) -> JSONResponse:
-    groups = await gw.store.usage_summary(_query(request), group_by)
+    groups = await gw.store.usage_summary(query, group_by)
     return JSONResponse({"group_by": group_by, "data": [group_view(g) for g in groups]})
 
 
@@ -147,15 +182,19 @@ async def usage(
 MAX_OFFSET = 2**53 - 1
 
 
-@router.get("/usage/records", summary="Ledger rows, newest first; format=csv to export")
+@router.get(
+    "/usage/records",
+    summary="Ledger rows, newest first; format=csv to export",
+    responses={200: {"model": RecordPage, "content": {"text/csv": {"schema": {"type": "string"}}}}},
+)
 async def usage_records(
     gw: AdminGateway,
-    request: Request,
+    query: UsageFilters,
     limit: int = Query(100, ge=1, le=10_000),
     offset: int = Query(0, ge=0, le=MAX_OFFSET),
     format: str = "json",
 ) -> Response:
-    rows = await gw.store.usage_records(_query(request), limit=limit, offset=offset)
+    rows = await gw.store.usage_records(query, limit=limit, offset=offset)
     if format == "csv":
         buf = io.StringIO()
         writer = csv.DictWriter(buf, fieldnames=RECORD_COLUMNS)
