@@ -7,6 +7,7 @@ keys with exactly the credits and limits they need.
 
 from __future__ import annotations
 
+import contextlib
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -112,25 +113,28 @@ def start_stack(
     return Stack(sim=sim, gateway=gateway, data_dir=data_dir, config=config)
 
 
-@pytest.fixture(scope="module")
-def stack() -> Iterator[Stack]:
-    s = start_stack()
+@contextlib.contextmanager
+def running_stack(**kwargs: Any) -> Iterator[Stack]:
+    """`start_stack(**kwargs)`, stopped on exit."""
+    s = start_stack(**kwargs)
     try:
         yield s
     finally:
         s.gateway.stop()
         s.sim.stop()
+
+
+@pytest.fixture(scope="module")
+def stack() -> Iterator[Stack]:
+    with running_stack() as s:
+        yield s
 
 
 @pytest.fixture(scope="module")
 def open_stack() -> Iterator[Stack]:
     """Private URLs allowed (images served from 127.0.0.1 in the test)."""
-    s = start_stack(allow_private=True)
-    try:
+    with running_stack(allow_private=True) as s:
         yield s
-    finally:
-        s.gateway.stop()
-        s.sim.stop()
 
 
 @pytest.fixture

@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import base64
 import json
+from pathlib import Path
 from typing import Any
 
+import yaml
 from hypothesis import strategies as st
 
 from tests.support import images
 
+ROOT = Path(__file__).resolve().parents[2]
 PNG = images.png(32, 32)
 PNG_ALPHA = images.png(32, 32, alpha=True)
 SQUARE = images.png(256, 256, alpha=True)
@@ -24,16 +27,8 @@ MASK = images.mask_png(32, 32)
 JPEG = images.jpeg(32, 32)
 WEBP = images.webp(32, 32)
 BOUNDARY = "hypoBOUNDARYhypo"
-MODELS = [
-    "gpt-image-1",
-    "gpt-image-1-mini",
-    "gpt-image-1.5",
-    "gpt-image-2",
-    "dall-e-2",
-    "nano-banana",
-    "nano-banana-2",
-    "nano-banana-pro",
-]
+# The models of the shipped config (the test gateway runs it).
+MODELS = sorted(yaml.safe_load((ROOT / "config" / "gateway.yaml").read_text())["models"])
 DATA_URL = "data:image/png;base64," + base64.b64encode(PNG).decode()
 PRIVATE_URLS = ["http://127.0.0.1:9/a.png", "https://10.0.0.1/a.png", "http://[::1]/x.png"]
 
