@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from typing import Any
 
 import httpx
 import orjson
@@ -27,7 +28,7 @@ def _multipart(data: dict[str, str], files: list[tuple[str, tuple[str, bytes, st
 def images() -> list[bytes]:
     out = []
     side = _TINY_PNG_ALPHA
-    for mode, fmt, extra in [
+    kinds: list[tuple[str, str, dict[str, Any]]] = [
         ("RGB", "PNG", {}),
         ("RGBA", "PNG", {}),
         ("L", "PNG", {}),
@@ -37,7 +38,8 @@ def images() -> list[bytes]:
         ("RGB", "WEBP", {"quality": 50}),
         ("RGBA", "WEBP", {"quality": 50}),
         ("RGB", "WEBP", {"lossless": True}),
-    ]:
+    ]
+    for mode, fmt, extra in kinds:
         buf = io.BytesIO()
         Image.new(mode, (side, side + 1)).save(buf, fmt, **extra)
         out.append(buf.getvalue())

@@ -116,7 +116,7 @@ def encode_multipart(parts: list[tuple[str, bytes, str | None]], boundary: str) 
 def _usual_parts(draw: st.DrawFn) -> list[tuple[str, bytes, str | None]]:
     """Most requests look nearly right (a model, a prompt and an image), so the success path
     and the rules behind the parser are reached, not only the parser's refusals."""
-    parts = []
+    parts: list[tuple[str, bytes, str | None]] = []
     if draw(st.booleans()):
         parts.append(("model", draw(st.sampled_from(MODELS)).encode(), None))
     if draw(st.integers(0, 9)):
