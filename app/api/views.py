@@ -25,6 +25,10 @@ def iso(ts: float | None) -> str | None:
     return datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
 
 
+#: Largest `offset` a paged admin list accepts: both stores keep offsets in 64-bit integers, and
+#: 2**53 - 1 is the largest a JSON client reads exactly. Past the end a page is simply empty.
+MAX_OFFSET = 2**53 - 1
+
 #: Latest time accepted (9999-12-31T23:59:59Z): what `iso` and every platform can show.
 MAX_TIME = 253402300799.0
 
@@ -213,6 +217,24 @@ RECORD_COLUMNS = [
     "error_code", "task_id", "trace_id", "latency_ms", "channel", "operation", "cost_usd",
     "cost_estimated", "usage",
 ]  # fmt: skip
+
+
+class AuditView(_Wire):
+    id: str
+    at: str | None
+    actor: str
+    source: str
+    action: str
+    target: str
+    client: str | None
+    details: dict[str, Any] | None
+
+
+class AuditPage(_Wire):
+    data: list[AuditView]
+    limit: int
+    offset: int
+    next_offset: int | None
 
 
 def audit_view(e: AuditEntry) -> dict[str, Any]:

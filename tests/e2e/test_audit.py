@@ -74,6 +74,10 @@ def test_audit_filters_pagination_and_auth(stack: Stack, admin: httpx.Client) ->
     assert admin.get("/admin/audit", params={"since": int(time.time()) + 60}).json()["data"] == []
     assert admin.get("/admin/audit", params={"source": "cli"}).json()["data"] == []
     assert_error(admin.get("/admin/audit", params={"limit": 0}), 400, "bad_request", "limit")
+    # An offset past 64 bits was a 500 (found by schemathesis).
+    for offset in [2**53, 2**63, 10**20]:
+        r = admin.get("/admin/audit", params={"offset": offset})
+        assert_error(r, 400, "bad_request", "offset")
     assert_error(admin.get("/admin/audit", params={"until": "soon"}), 400, "bad_request", "until")
     secret = stack.create_key(credits=0)["key"]
     for auth in ({}, {"authorization": f"Bearer {secret}"}):

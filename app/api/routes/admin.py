@@ -16,6 +16,7 @@ from starlette.responses import Response
 from app.api.deps import AdminActor, AdminGateway, admin_router
 from app.api.responses import JSONResponse
 from app.api.views import (
+    MAX_OFFSET,
     RECORD_COLUMNS,
     KeyBalance,
     KeyCreated,
@@ -175,11 +176,6 @@ async def usage(
 ) -> JSONResponse:
     groups = await gw.store.usage_summary(query, group_by)
     return JSONResponse({"group_by": group_by, "data": [group_view(g) for g in groups]})
-
-
-# Both stores keep offsets in 64-bit integers; 2**53 - 1 is also the largest a JSON client reads
-# exactly. Beyond the ledger's end the page is simply empty.
-MAX_OFFSET = 2**53 - 1
 
 
 @router.get(

@@ -2,23 +2,27 @@
 
 from __future__ import annotations
 
-from fastapi import Request
+from fastapi import Query, Request
 
 from app.api.deps import AdminGateway, admin_router
 from app.api.responses import JSONResponse
-from app.api.views import audit_view, parse_time
-from app.core.errors import bad_request
+from app.api.views import MAX_OFFSET, AuditPage, audit_view, parse_time
 from app.store.base import AuditQuery
 
 router = admin_router()
 
 
-@router.get("/audit", summary="Audit log: admin actions, newest first (filters, pagination)")
+@router.get(
+    "/audit",
+    summary="Audit log: admin actions, newest first (filters, pagination)",
+    responses={200: {"model": AuditPage}},
+)
 async def audit(
-    gw: AdminGateway, request: Request, limit: int = 100, offset: int = 0
+    gw: AdminGateway,
+    request: Request,
+    limit: int = Query(100, ge=1, le=1000),
+    offset: int = Query(0, ge=0, le=MAX_OFFSET),
 ) -> JSONResponse:
-    if not 1 <= limit <= 1000 or offset < 0:
-        raise bad_request("limit must be 1..1000 and offset >= 0", "limit")
     q = request.query_params
     query = AuditQuery(
         actor=q.get("actor") or None,
