@@ -137,7 +137,7 @@ class Gateway:
         key = await self.store.get_key(key_id)
         return key.webhook_secret if key else None
 
-    async def _extend_reservation(self, task: Any, until: float) -> bool:
+    async def _extend_reservation(self, task: Any, until: float) -> str:
         return await self.store.extend(
             task.id, task.key_id, until + self.config.metering.reservation_ttl_s
         )
@@ -147,7 +147,6 @@ class Gateway:
         if workers and self.worker is not None:
             self._tasks.append(asyncio.create_task(self.worker.run(self._stop)))
         self._tasks.append(asyncio.create_task(self.deliverer.run(self._stop)))
-        self._tasks.append(asyncio.create_task(self.service.recorder.run(self._stop)))
         self._tasks.append(asyncio.create_task(self._every(
             self.config.metering.sweep_interval_s, self.meter.sweep)))  # fmt: skip
         self._tasks.append(asyncio.create_task(self._every(

@@ -31,15 +31,20 @@ class RequestContextMiddleware:
             return
         trace_id = str(uuid.uuid4())
         scope.setdefault("state", {})["trace_id"] = trace_id
-        rid = trace_id.encode()
         t0 = time.perf_counter()
         status = 0
 
         async def send_with_id(message: Message) -> None:
-            nonlocal status
+            nonlocal status, trace_id
             if message["type"] == "http.response.start":
                 status = message["status"]
-                message["headers"] = [*message.get("headers", ()), (b"x-request-id", rid)]
+                # A handler may answer under another trace id (an idempotent replay answers
+                # with the first request's), so the header follows the state, not the start.
+                trace_id = scope["state"]["trace_id"]
+                message["headers"] = [
+                    *message.get("headers", ()),
+                    (b"x-request-id", trace_id.encode()),
+                ]
             await send(message)
 
         try:
@@ -49,7 +54,7 @@ class RequestContextMiddleware:
             if status == 0:
                 status = 500
                 err = GatewayError("api_error", "internal error")
-                await _send_json(send, 500, envelope(err, trace_id), rid)
+                await _send_json(send, 500, envelope(err, trace_id), trace_id.encode())
         finally:
             if scope["path"] not in ("/healthz", "/metrics"):
                 log.info(

@@ -277,7 +277,9 @@ SHIPPED_DEFAULT_MODEL = "gpt-image-1.5"
 
 class TasksConfig(_Strict):
     workers: int = Field(4, ge=0)
-    lease_s: float = Field(600, gt=0)
+    # A task whose worker died runs again this long after its last lease renewal (a live
+    # worker renews every lease_s / 3).
+    lease_s: float = Field(30, gt=0)
     idempotency_ttl_s: int = Field(86400, ge=1)
 
 

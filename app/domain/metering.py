@@ -3,7 +3,10 @@
 `authenticate` maps a bearer token to its key through a short in-process cache (the key's
 enabled/expired state is re-checked by the store inside `admit`, so a revoke still bites on
 the very next request on every replica). `admit` is the single store round trip before the
-upstream call; `settle` is the single one after it (a refund is a settle with charge 0).
+upstream call and returns a `Hold`; settling the hold is the single one after it (a refund is a
+settle with charge 0). A `Hold` is an async context manager: leaving it without `settle` (an
+error, a cancelled request) refunds, so no code path has to remember to. Request outcomes reach
+the metrics in one place, `Meter.count`.
 """
 
 from __future__ import annotations
@@ -14,7 +17,8 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from types import TracebackType
+from typing import Any, Literal
 
 from app.core.config import GatewayConfig
 from app.core.errors import GatewayError
@@ -25,13 +29,21 @@ from app.domain.pricing import Quote
 from app.store.base import (
     Admission,
     ApiKey,
+    ReservationState,
     Store,
     StoreUnavailable,
+    TaskRecord,
     UsageRecord,
     hash_secret,
 )
 
 Clock = Callable[[], float]
+#: Builds the task record a settle keeps for a synchronous request: (result, error) -> record.
+Keep = Callable[[dict[str, Any] | None, dict[str, Any] | None], TaskRecord]
+#: How long a queued task's charge is remembered, so a re-run knows it was paid for.
+REMEMBER_CHARGED_S = 86400.0
+#: A re-reservation of an admitted request checks the key and balance only, not rpm/slots.
+_NO_LIMIT = 1 << 30
 log = get_logger("imagegate.metering")
 
 
@@ -61,10 +73,26 @@ def rate_headers(adm: Admission) -> dict[str, str]:
     }
 
 
-@dataclass(slots=True)
-class Hold:
-    """A live reservation: what was reserved for which request."""
+@dataclass(slots=True, frozen=True)
+class Settlement:
+    """How a hold ended. `charge` is what this settle charged (0 when already charged)."""
 
+    outcome: Literal["settled", "already_settled", "unknown"]
+    charge: int
+
+
+@dataclass(slots=True, eq=False)
+class Hold:
+    """A live reservation for one request: `async with hold:` refunds unless it was settled.
+
+    `settle(images)` charges what was delivered, exactly once per reservation id however many
+    times a queued task runs: a settle that finds the reservation already charged changes
+    nothing, one that finds it gone (refunded or expired meanwhile) reserves again first --
+    or raises 402, and then the result must not be delivered. `hand_over()` gives the
+    reservation to a queued task (no refund when the block is left).
+    """
+
+    meter: Meter
     reservation_id: str
     key_id: str
     model: str
@@ -73,10 +101,76 @@ class Hold:
     started: float
     admission: Admission | None = None
     operation: str = "edit"
+    keep: Keep | None = None  # synchronous requests: the task record settle stores with it
+    remember_s: float = 0.0  # queued tasks: remember a charge this long (re-runs ask)
+    hold_s: float | None = None  # how long a re-reservation holds
+    done: bool = False
 
     @property
     def headers(self) -> dict[str, str]:
         return rate_headers(self.admission) if self.admission else {}
+
+    async def __aenter__(self) -> Hold:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self.done:
+            return
+        if isinstance(exc, GatewayError):
+            code, message = exc.code, exc.message
+        else:
+            code, message = "api_error", "the request did not complete"
+        # A cancelled request (client gone, shutdown) must still give its credits back.
+        await asyncio.shield(self.refund(code, message))
+
+    def hand_over(self) -> None:
+        self.done = True
+
+    async def settle(
+        self,
+        images: int,
+        result: dict[str, Any] | None = None,
+        *,
+        usage: dict[str, Any] | None = None,
+        size: str | None = None,
+        channel: str | None = None,
+    ) -> Settlement:
+        """Charge for `images` delivered images; keep `result` as the task record if kept.
+        `usage` (what the upstream reported), `size` and `channel` (the upstream that served
+        it) price the row's upstream cost."""
+        self.done = True
+        task = self.keep(result, None) if self.keep is not None else None
+        try:
+            outcome = await self.meter.write(
+                self, images=images, task=task, usage=usage, size=size, channel=channel
+            )
+            if outcome == "gone":
+                await self.meter.reserve_again(self)
+                outcome = await self.meter.write(
+                    self, images=images, task=task, usage=usage, size=size, channel=channel
+                )
+        except GatewayError as err:
+            self.meter.count(self.model, err.code)
+            raise
+        if outcome == "already_settled":
+            self.meter.count(self.model, "ok")
+            return Settlement("already_settled", 0)
+        charge = self.quote.charge(images)
+        self.meter.count(self.model, "ok", charge)
+        return Settlement("unknown" if outcome == "unknown" else "settled", charge)
+
+    async def refund(self, code: str, message: str) -> None:
+        """Give the whole reservation back; the failure is ledgered (and kept) with `code`."""
+        self.done = True
+        error = {"code": code, "message": message}
+        task = self.keep(None, error) if self.keep is not None else None
+        await self.meter.write(self, images=0, error_code=code, task=task)
+        self.meter.count(self.model, code)
 
 
 class Meter:
@@ -165,30 +259,27 @@ class Meter:
                 max_concurrency=conc,
                 now=now,
                 hold_s=hold_s or self.config.metering.reservation_ttl_s,
-                # what the ledger row of an expired reservation is made of
-                meta={
-                    "model": model,
-                    "size_tier": quote.tier,
-                    "trace_id": trace_id,
-                    "task_id": reservation_id,
-                    "channel": self.default_channel(model),
-                    "operation": operation,
-                },
+                meta=self._meta(model, quote, trace_id, reservation_id, operation),
             )
         except StoreUnavailable:
             raise unavailable() from None
         if adm.ok:
-            return Hold(reservation_id, key.id, model, quote, trace_id, now, adm, operation)
+            return Hold(
+                self, reservation_id, key.id, model, quote, trace_id, now, adm,
+                operation=operation, hold_s=hold_s,
+            )  # fmt: skip
         headers = rate_headers(adm)
         if adm.status == "invalid_token":
             self.forget(key.id)
             raise _invalid()
         if adm.status == "insufficient_credits":
+            self.count(model, "insufficient_credits")
             raise GatewayError(
                 "insufficient_credits",
                 f"insufficient credits: this request costs {quote.reserve / 1e6:g}",
                 headers=headers,
             )
+        self.count(model, "too_many_requests")
         if self.metrics is not None:
             reason = "rpm" if adm.status == "rate_limited" else "concurrency"
             self.metrics.rejections.inc(reason=reason)
@@ -202,18 +293,86 @@ class Meter:
             headers=headers,
         )
 
-    async def settle(
+    def hold(
+        self,
+        *,
+        reservation_id: str,
+        key_id: str,
+        model: str,
+        quote: Quote,
+        trace_id: str,
+        hold_s: float | None = None,
+    ) -> Hold:
+        """The hold of a reservation made earlier (a queued task's, made at submit time)."""
+        return Hold(
+            self, reservation_id, key_id, model, quote, trace_id, self.clock(),
+            remember_s=REMEMBER_CHARGED_S, hold_s=hold_s,
+        )  # fmt: skip
+
+    def _meta(
+        self, model: str, quote: Quote, trace_id: str, reservation_id: str, operation: str
+    ) -> dict[str, Any]:
+        """What the ledger row of an expired reservation is made of."""
+        return {
+            "model": model,
+            "size_tier": quote.tier,
+            "trace_id": trace_id,
+            "task_id": reservation_id,
+            "channel": self.default_channel(model),
+            "operation": operation,
+        }
+
+    def count(self, model: str, status: str, charge: int = 0) -> None:
+        """The one place a request's outcome reaches the metrics ("ok" or the error code)."""
+        if self.metrics is None:
+            return
+        self.metrics.requests.inc(model=model, status=status)
+        if charge:
+            self.metrics.credits.inc(charge / 1e6, model=model)
+
+    async def reserve_again(self, hold: Hold) -> None:
+        """Reserve for an admitted request whose reservation is gone (refunded or expired),
+        before delivering it: only the key and its balance are checked again."""
+        now = self.clock()
+        try:
+            adm = await self.store.admit(
+                hold.key_id,
+                reservation_id=hold.reservation_id,
+                cost=hold.quote.reserve,
+                rpm=_NO_LIMIT,
+                max_concurrency=_NO_LIMIT,
+                now=now,
+                hold_s=hold.hold_s or self.config.metering.reservation_ttl_s,
+                meta=self._meta(
+                    hold.model, hold.quote, hold.trace_id, hold.reservation_id, hold.operation
+                ),
+            )
+        except StoreUnavailable:
+            raise unavailable() from None
+        if adm.status == "insufficient_credits":
+            raise GatewayError(
+                "insufficient_credits",
+                f"insufficient credits: this request costs {hold.quote.reserve / 1e6:g}",
+            )
+        if not adm.ok:
+            raise _invalid()
+        hold.started = now
+        log.info("reserved.again", extra=fields(trace_id=hold.trace_id, key_id=hold.key_id))
+
+    async def write(
         self,
         hold: Hold,
         *,
         images: int,
-        task_id: str,
         error_code: str | None = None,
         usage: dict[str, Any] | None = None,
         channel: str | None = None,
         size: str | None = None,
-    ) -> int:
-        """Charge for the images returned (0 on failure) and ledger it; returns the charge.
+        task: TaskRecord | None = None,
+    ) -> Literal["settled", "already_settled", "gone", "unknown"]:
+        """The settle round trip: charge for the images returned (0 on failure), ledger it and
+        keep `task`; "unknown" when the store could not be reached (logged, see below). Use
+        `Hold.settle` / `Hold.refund`, which also count the outcome.
 
         `usage` is what the upstream reported, `channel` the upstream that served the request
         (default: the model's configured one) and `size` the size asked for: together they
@@ -231,7 +390,7 @@ class Meter:
             images=delivered,
             credits=charge,
             reserved=hold.quote.reserve,
-            task_id=task_id,
+            task_id=hold.reservation_id,
             trace_id=hold.trace_id,
             status="failed" if error_code else "succeeded",
             latency_ms=int((now - hold.started) * 1000),
@@ -244,12 +403,15 @@ class Meter:
             cost_estimated=cost.estimated,
         )
         # Settling must not be lost to a cancelled request task: shield it.
+        remember = hold.remember_s if not error_code else 0.0
         for attempt in range(3):
             try:
-                await asyncio.shield(
-                    self.store.settle(hold.reservation_id, hold.key_id, charge, record)
-                )
-                return charge
+                return await asyncio.shield(
+                    self.store.settle(
+                        hold.reservation_id, hold.key_id, charge, record,
+                        task=task, remember_s=remember,
+                    )
+                )  # fmt: skip
             except StoreUnavailable:
                 await asyncio.sleep(0.2 * (attempt + 1))
         # The upstream work is done; failing the client now would make it pay twice on retry.
@@ -258,10 +420,10 @@ class Meter:
             "settle.failed",
             extra=fields(trace_id=hold.trace_id, key_id=hold.key_id, charge=charge),
         )
-        return charge
+        return "unknown"
 
-    async def extend(self, hold: Hold, until: float) -> bool:
-        """Keep a queued task's reservation alive; False when it already expired (refunded)."""
+    async def extend(self, hold: Hold, until: float) -> ReservationState:
+        """Keep a queued task's reservation alive, or learn that it was charged or is gone."""
         try:
             return await self.store.extend(hold.reservation_id, hold.key_id, until)
         except StoreUnavailable:

@@ -27,6 +27,7 @@ class EditReply:
     headers: dict[str, str]
     events: AsyncIterator[bytes] | None = None  # server-sent events for stream=true
     raw: bytes | None = None  # an idempotent replay: the first answer's exact bytes
+    trace_id: str | None = None  # a replay answers under the first request's trace id
 
 
 @dataclass(slots=True)

@@ -22,17 +22,16 @@ from app.core.errors import GatewayError
 from app.core.logging import fields, get_logger
 from app.core.metrics import Metrics
 from app.domain.edit import EditOutput, EditRequest
-from app.domain.metering import Hold, Meter
+from app.domain.metering import Hold, Keep, Meter
 from app.domain.pricing import Quote, quote
 from app.media.fetch import GuardedFetcher
 from app.media.resolve import resolve_images
 from app.results import ResultStore
 from app.service import idempotency, streaming
 from app.service.context import EditContext, EditReply, Prepared
-from app.store.base import ApiKey
-from app.tasks.base import Task, TaskQueue
+from app.store.base import ApiKey, TaskRecord
+from app.tasks.base import TASK_RETENTION_S, Task, TaskQueue, task_record_bytes
 from app.tasks.payload import decode_request, encode_request, request_fingerprint
-from app.tasks.recorder import TaskRecorder
 
 if TYPE_CHECKING:
     from app.upstream.caller import UpstreamCaller
@@ -46,22 +45,21 @@ class EditService:
         *,
         config: GatewayConfig,
         adapters: Mapping[str, Adapter],
-        caller: UpstreamCaller,
         meter: Meter,
         fetcher: GuardedFetcher,
         results: ResultStore,
         metrics: Metrics,
         tasks: TaskQueue,
+        caller: UpstreamCaller,
     ) -> None:
         self.config = config
         self.adapters = adapters
-        self.caller = caller
         self.meter = meter
         self.fetcher = fetcher
         self.results = results
         self.metrics = metrics
         self.tasks = tasks
-        self.recorder = TaskRecorder(tasks)
+        self.caller = caller
 
     # --- checks, before any credit moves -------------------------------------------------
     def adapter_for(self, model: str) -> Adapter:
@@ -105,7 +103,7 @@ class EditService:
         try:
             prep = await self.prepare(key, req)
         except GatewayError as err:  # refused before any credit moved: still counted
-            self.metrics.requests.inc(model=req.model, status=err.code)
+            self.meter.count(req.model, err.code)
             raise
         task_id = str(uuid.uuid4())
         if idempotency_key is None:
@@ -133,51 +131,43 @@ class EditService:
         hold_s = float(self.config.metering.reservation_ttl_s)
         if queued:
             hold_s += self.config.tasks.lease_s
-        try:
-            hold = await self.meter.admit(
-                key,
-                model=prep.req.model,
-                quote=prep.quote,
-                reservation_id=task_id,
-                trace_id=ctx.trace_id,
-                hold_s=hold_s,
-            )
-        except GatewayError as err:  # 402 / 429 / 503: refused before the upstream call
-            self.metrics.requests.inc(model=prep.req.model, status=err.code)
-            raise
+        hold = await self.meter.admit(
+            key,
+            model=prep.req.model,
+            quote=prep.quote,
+            reservation_id=task_id,
+            trace_id=ctx.trace_id,
+            hold_s=hold_s,
+        )  # 402 / 429 / 503 are counted by the meter
         if queued:
-            await self._enqueue(prep, hold, task_id, ctx)
+            async with hold:
+                await self._enqueue(prep, hold, task_id, ctx)
+                hold.hand_over()  # the reservation is the queued task's now
             body = {"success": True, "task_id": task_id, "trace_id": ctx.trace_id}
             return EditReply(body, hold.headers)
         if prep.req.stream and prep.adapter.supports_stream():
             upstream = self.caller.stream(prep.adapter, prep.req, ctx.trace_id)
-            events = streaming.relay(prep, hold, task_id, ctx, self.meter, self.metrics, upstream)
-            return EditReply(None, hold.headers, events)
-        started = time.time()
-        try:
+            return EditReply(None, hold.headers, streaming.relay(prep, hold, ctx, upstream))
+        hold.keep = self._keeper(hold, task_id)
+        async with hold:
             body = await self.run(prep, hold, task_id, ctx)
-        except GatewayError as err:
-            self._record(hold, task_id, started, error={"code": err.code, "message": err.message})
-            raise
-        self._record(hold, task_id, started, result=_task_result(body))
         return EditReply(body, hold.headers)
 
-    def _record(
-        self,
-        hold: Hold,
-        task_id: str,
-        started: float,
-        *,
-        result: dict[str, Any] | None = None,
-        error: dict[str, Any] | None = None,
-    ) -> None:
-        """Keep a synchronous request as a finished task (GET /v1/tasks), batched."""
-        task = Task(
-            id=task_id, key_id=hold.key_id, trace_id=hold.trace_id, model=hold.model,
-            created=started, started=started, finished=time.time(), attempts=1,
-            status="succeeded" if result is not None else "failed", result=result, error=error,
-        )  # fmt: skip
-        self.recorder.add(task)
+    @staticmethod
+    def _keeper(hold: Hold, task_id: str) -> Keep:
+        """How a synchronous request is kept as a finished task: its settle writes the record
+        in the same store round trip, so `GET /v1/tasks/{id}` finds it as soon as we answer."""
+        started = time.time()
+
+        def keep(result: dict[str, Any] | None, error: dict[str, Any] | None) -> TaskRecord:
+            task = Task(
+                id=task_id, key_id=hold.key_id, trace_id=hold.trace_id, model=hold.model,
+                created=started, started=started, finished=time.time(), attempts=1,
+                status="succeeded" if error is None else "failed", result=result, error=error,
+            )  # fmt: skip
+            return TaskRecord(task_id, task_record_bytes(task), TASK_RETENTION_S)
+
+        return keep
 
     async def _enqueue(self, prep: Prepared, hold: Hold, task_id: str, ctx: EditContext) -> None:
         task = Task(
@@ -201,10 +191,7 @@ class EditService:
         }
         try:
             await self.tasks.enqueue(task, encode_request(prep.req, meta=meta))
-        except Exception as exc:
-            await self.meter.settle(
-                hold, images=0, task_id=task_id, error_code="service_unavailable"
-            )
+        except Exception as exc:  # the hold refunds on the way out
             log.exception("task.enqueue.failed", extra=fields(trace_id=ctx.trace_id))
             raise GatewayError(
                 "service_unavailable", "could not queue the task, try again", status=503
@@ -215,70 +202,62 @@ class EditService:
     ) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
         """The worker's handler for a queued edit: run it, settle it, return result or error.
 
-        The reservation was made at submit time with the task id as its id, so however often a
-        task runs (a worker died mid-task and another took it over), it is charged once.
+        The reservation was made at submit time with the task id as its id. However often a
+        task runs, it is charged once, and only if its result is delivered: a run that finds
+        the reservation gone (refunded by an earlier run, or expired in the queue) reserves
+        again before calling the upstream (402 if the balance no longer covers it); a run
+        that finds it already charged (an earlier run settled, then died) runs and succeeds
+        without a second charge.
         """
         req, meta = decode_request(payload)
         q = meta["quote"]
         quote_ = Quote(
             tier=q["tier"], unit=q["unit"], units=q["units"], per_request=q["per_request"]
         )
-        hold = Hold(task.id, task.key_id, req.model, quote_, task.trace_id, time.time())
-        until = time.time() + self.config.metering.reservation_ttl_s + self.config.tasks.lease_s
-        alive = await self.meter.extend(hold, until)
-        if not alive and task.attempts <= 1:
-            return None, {"code": "api_error", "message": "task expired before it ran; refunded"}
+        hold_s = self.config.metering.reservation_ttl_s + self.config.tasks.lease_s
+        hold = self.meter.hold(
+            reservation_id=task.id, key_id=task.key_id, model=req.model, quote=quote_,
+            trace_id=task.trace_id, hold_s=hold_s,
+        )  # fmt: skip
         try:
-            adapter = self.adapter_for(req.model)
+            async with hold:
+                state = await self.meter.extend(hold, time.time() + hold_s)
+                if state == "gone":
+                    await self.meter.reserve_again(hold)
+                adapter = self.adapter_for(req.model)
+                prep = Prepared(adapter, req, quote_, str(meta["response_format"]))
+                ctx = EditContext(trace_id=task.trace_id, base_url=str(meta["base_url"]))
+                body = await self.run(prep, hold, task.id, ctx)
         except GatewayError as err:
-            await self.meter.settle(hold, images=0, task_id=task.id, error_code=err.code)
             return None, {"code": err.code, "message": err.message}
-        prep = Prepared(adapter, req, quote_, str(meta["response_format"]))
-        ctx = EditContext(trace_id=task.trace_id, base_url=str(meta["base_url"]))
-        try:
-            body = await self.run(prep, hold, task.id, ctx)
-        except GatewayError as err:
-            return None, {"code": err.code, "message": err.message}
-        return _task_result(body), None
+        return task_result(body), None
 
     async def run(
         self, prep: Prepared, hold: Hold, task_id: str, ctx: EditContext
     ) -> dict[str, Any]:
-        """Call upstream, keep the results, settle. Refunds on every failure, cancellation too."""
+        """Call upstream, keep the results, settle. The caller's `async with hold` refunds on
+        every failure, cancellation included."""
         model = prep.req.model
         t0 = time.perf_counter()
         try:
             out = await self.caller.edit(prep.adapter, prep.req, ctx.trace_id)
-        except BaseException as exc:
-            err = exc if isinstance(exc, GatewayError) else None
-            code = err.code if err else "api_error"
-            await self.meter.settle(hold, images=0, task_id=task_id, error_code=code)
-            self.metrics.requests.inc(model=model, status=code)
-            if err is None and isinstance(exc, Exception):
-                log.exception("upstream.unexpected", extra=fields(trace_id=ctx.trace_id))
-                raise GatewayError("api_error", "internal error while calling upstream") from exc
+        except GatewayError:
             raise
+        except Exception as exc:
+            log.exception("upstream.unexpected", extra=fields(trace_id=ctx.trace_id))
+            raise GatewayError("api_error", "internal error while calling upstream") from exc
         upstream_s = time.perf_counter() - t0
         self.metrics.upstream_latency.observe(upstream_s, model=model)
         if not out.images:
-            await self.meter.settle(hold, images=0, task_id=task_id, error_code="api_error")
-            self.metrics.requests.inc(model=model, status="api_error")
             raise GatewayError("api_error", "upstream returned no image", status=502)
-        try:
-            body = await self.shape(prep, out, task_id, ctx)
-        except BaseException:
-            await self.meter.settle(hold, images=0, task_id=task_id, error_code="api_error")
-            raise
-        charge = await self.meter.settle(
-            hold,
-            images=len(out.images),
-            task_id=task_id,
+        body = await self.shape(prep, out, task_id, ctx)
+        await hold.settle(
+            len(out.images),
+            task_result(body),
             usage=out.usage,
             size=prep.req.size,
             channel=out.channel,
         )
-        self.metrics.requests.inc(model=model, status="ok")
-        self.metrics.credits.inc(charge / 1e6, model=model)
         self.metrics.gateway_latency.observe(
             max(0.0, time.perf_counter() - ctx.started - upstream_s), model=model
         )
@@ -314,7 +293,7 @@ class EditService:
         return body
 
 
-def _task_result(body: dict[str, Any]) -> dict[str, Any]:
+def task_result(body: dict[str, Any]) -> dict[str, Any]:
     """The OpenAI-shaped part of a success body: what a callback's `data` and a task hold."""
     keep = ("created", "data", "usage", "size", "quality", "output_format", "background")
     return {k: body[k] for k in keep if k in body}

@@ -58,7 +58,10 @@ async def run_once(
                 param="Idempotency-Key",
             )
         if state.kind == "done" and state.response is not None:
-            return EditReply(None, {"idempotent-replayed": "true"}, raw=state.response)
+            first = orjson.loads(state.response).get("trace_id")
+            return EditReply(
+                None, {"idempotent-replayed": "true"}, raw=state.response, trace_id=first
+            )
         if time.monotonic() > deadline:
             raise GatewayError(
                 "conflict",

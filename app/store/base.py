@@ -11,8 +11,13 @@ re-checks the key (exists, enabled, unexpired), the rpm sliding window, the conc
 and the balance, and on success atomically records the request in the window, takes a slot
 and moves `cost` from the balance into a reservation. `settle` is the single round trip after:
 it charges `charge` (<= reserved), returns the rest to the balance, frees the slot and appends
-the ledger row, exactly once per reservation id (a second settle is a no-op returning False).
-A reservation not settled by its `expires_at` is refunded in full by `sweep`.
+the ledger row, exactly once per reservation id. It answers three ways (`SettleOutcome`):
+settled now, already settled (an earlier settle charged it: a queued task that ran twice), or
+gone (refunded by an earlier failed settle or by expiry: nothing was charged, and whoever
+still wants to deliver must reserve again). The same round trip can keep a finished
+synchronous request as a task record (`TaskRecord`), so `GET /v1/tasks/{id}` finds it the
+moment the response is sent. A reservation not settled by its `expires_at` is refunded in full
+by `sweep`.
 """
 
 from __future__ import annotations
@@ -30,6 +35,11 @@ UsageStatus = Literal["succeeded", "failed", "expired"]
 GroupBy = Literal["day", "model", "key", "channel", "operation"]
 GROUP_BYS: tuple[str, ...] = ("day", "model", "key", "channel", "operation")
 Operation = Literal["edit", "generate"]
+#: settled: charged (or refunded) now; already_settled: an earlier settle charged it;
+#: gone: no live reservation and no charge (refunded, or expired and swept).
+SettleOutcome = Literal["settled", "already_settled", "gone"]
+#: live: reserved and unsettled; settled: charged; gone: refunded or expired (nothing charged).
+ReservationState = Literal["live", "settled", "gone"]
 
 
 @dataclass(slots=True)
@@ -97,6 +107,16 @@ class UsageRecord:
     # (rows older than cost tracking read as 0, estimated).
     cost_usd: int = 0
     cost_estimated: bool = False
+
+
+@dataclass(slots=True, frozen=True)
+class TaskRecord:
+    """A finished synchronous request kept as a task (its public JSON), written by `settle` in
+    the same atomic step; readable with `task_record(key_id, task_id)` for `ttl_s` seconds."""
+
+    task_id: str
+    body: bytes
+    ttl_s: float
 
 
 @dataclass(slots=True)
@@ -227,15 +247,29 @@ class Store(Protocol):
         """One atomic step: key valid -> rpm window -> concurrency slot -> balance -> reserve."""
         ...
 
-    async def extend(self, reservation_id: str, key_id: str, expires_at: float) -> bool:
-        """Push a live reservation's expiry out (a queued task is still wanted). False if gone."""
+    async def extend(self, reservation_id: str, key_id: str, expires_at: float) -> ReservationState:
+        """Push a live reservation's expiry out (a queued task is still wanted); else say
+        whether it was charged (`settled`, remembered when settled with `remember_s`) or not."""
         ...
 
     async def settle(
-        self, reservation_id: str, key_id: str, charge: int, record: UsageRecord
-    ) -> bool:
+        self,
+        reservation_id: str,
+        key_id: str,
+        charge: int,
+        record: UsageRecord,
+        *,
+        task: TaskRecord | None = None,
+        remember_s: float = 0,
+    ) -> SettleOutcome:
         """Charge `charge` (clamped to the reserved amount), refund the rest, free the slot and
-        append `record` (with `credits` = the charge) -- once. False if already settled/expired."""
+        append `record` (with `credits` = the charge) -- once -- and store `task` with it.
+        A succeeded settle with `remember_s` > 0 is remembered that long, so a later settle or
+        `extend` of the same id answers `already_settled` / `settled` instead of `gone`."""
+        ...
+
+    async def task_record(self, key_id: str, task_id: str) -> bytes | None:
+        """The task record a settle stored for this key, or None (unknown or expired)."""
         ...
 
     async def sweep(self, now: float) -> int:

@@ -19,6 +19,8 @@ Key layout (prefix `ig` by default, K = the key id):
                              the same script that ledgers (older "day\\tmodel\\tmetric" fields
                              still count, as channel "" and operation "edit")
     ig:{K}:credits   list    credit log (top-ups and deductions) as JSON, oldest first
+    ig:{K}:done:<R>  string  reservation R was charged (queued tasks only; expires)
+    ig:{K}:rec:<T>   string  task record of synchronous request T (JSON; expires)
     ig:keys                  set of live key ids (list_keys)
     ig:keys:known            set of every key id ever created (ledger queries and sweep: rows
                              and reservations outlive a deleted key)
@@ -67,7 +69,10 @@ from app.store.base import (
     AuditQuery,
     ConsoleSession,
     GroupBy,
+    ReservationState,
+    SettleOutcome,
     StoreUnavailable,
+    TaskRecord,
     UsageGroup,
     UsageQuery,
     UsageRecord,
@@ -95,6 +100,7 @@ _UNAVAILABLE: tuple[type[BaseException], ...] = (
     OSError,  # includes the builtin TimeoutError
 )
 
+_STATES: dict[int, ReservationState] = {0: "gone", 1: "live", 2: "settled"}
 _LEDGER_PAGE = 500
 # aggregate field metric -> UsageGroup attribute
 _AGG_METRICS = {
@@ -506,20 +512,31 @@ class RedisStore:
             retry_after_s=float(retry_s),
         )
 
-    async def extend(self, reservation_id: str, key_id: str, expires_at: float) -> bool:
-        """Push a live reservation's expiry out (a queued task is still wanted). False if gone."""
+    async def extend(self, reservation_id: str, key_id: str, expires_at: float) -> ReservationState:
+        """Push a live reservation's expiry out; else say whether it was charged."""
         async with self._guard():
-            return bool(
-                await self._extend(
-                    keys=[self._k(key_id, "res"), self._k(key_id, "exp")],
-                    args=[reservation_id, _f(expires_at)],
-                )
+            state = await self._extend(
+                keys=[
+                    self._k(key_id, "res"),
+                    self._k(key_id, "exp"),
+                    self._k(key_id, f"done:{reservation_id}"),
+                ],
+                args=[reservation_id, _f(expires_at)],
             )
+        return _STATES[int(state)]
 
     async def settle(
-        self, reservation_id: str, key_id: str, charge: int, record: UsageRecord
-    ) -> bool:
-        """One EVALSHA: charge min(charge, reserved), refund the rest, free the slot, ledger."""
+        self,
+        reservation_id: str,
+        key_id: str,
+        charge: int,
+        record: UsageRecord,
+        *,
+        task: TaskRecord | None = None,
+        remember_s: float = 0,
+    ) -> SettleOutcome:
+        """One EVALSHA: charge min(charge, reserved), refund the rest, free the slot, ledger,
+        and keep `task` -- all keys of the one `{key_id}` slot."""
         if charge < 0:
             raise ValueError("charge must be >= 0")
         async with self._guard():
@@ -531,6 +548,8 @@ class RedisStore:
                     self._k(key_id, "exp"),
                     self._k(key_id, "ledger"),
                     self._k(key_id, "agg"),
+                    self._k(key_id, f"done:{reservation_id}"),
+                    self._k(key_id, f"rec:{task.task_id if task else '-'}"),
                 ],
                 args=[
                     reservation_id,
@@ -545,9 +564,22 @@ class RedisStore:
                     record.operation.replace("\t", " "),
                     str(int(record.cost_usd)),
                     "1" if record.cost_estimated else "0",
+                    str(max(0, int(remember_s))),
+                    task.body if task else "",
+                    str(max(1, int(task.ttl_s))) if task else "0",
                 ],
             )
-        return int(charged) >= 0
+        n = int(charged)
+        return "settled" if n >= 0 else "already_settled" if n == -2 else "gone"
+
+    async def task_record(self, key_id: str, task_id: str) -> bytes | None:
+        try:
+            check_key_id(key_id)
+        except ValueError:
+            return None
+        async with self._guard():
+            raw = await self._r.get(self._k(key_id, f"rec:{task_id}"))
+        return raw.encode() if isinstance(raw, str) else raw
 
     async def sweep(self, now: float) -> int:
         """Refund every reservation past its expiry. One script per key (a script may only

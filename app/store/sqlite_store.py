@@ -23,6 +23,8 @@ Schema (created on open, idempotent; columns added later are added to older file
     credit_log    every top-up / deduction with the balance after it
     audit         admin actions (actor, source, action, target, client, details JSON)
     console_sessions  web console sessions (JSON) by token hash, until their expiry
+    settled       reservations that were charged (queued tasks only), until `expires_at`
+    task_records  finished synchronous requests kept as tasks (JSON), until `expires_at`
 
 Locked-database and I/O errors become `StoreUnavailable`, like a Redis outage.
 """
@@ -49,7 +51,10 @@ from app.store.base import (
     AuditQuery,
     ConsoleSession,
     GroupBy,
+    ReservationState,
+    SettleOutcome,
     StoreUnavailable,
+    TaskRecord,
     UsageGroup,
     UsageQuery,
     UsageRecord,
@@ -142,6 +147,19 @@ CREATE TABLE IF NOT EXISTS console_sessions (
     expires_at      REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS console_sessions_exp ON console_sessions (expires_at);
+CREATE TABLE IF NOT EXISTS settled (
+    id              TEXT PRIMARY KEY,
+    key_id          TEXT NOT NULL,
+    expires_at      REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS settled_exp ON settled (expires_at);
+CREATE TABLE IF NOT EXISTS task_records (
+    id              TEXT PRIMARY KEY,
+    key_id          TEXT NOT NULL,
+    body            BLOB NOT NULL,
+    expires_at      REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS task_records_exp ON task_records (expires_at);
 """
 
 # Columns added after the first release: (table, column, definition). A file created by an
@@ -307,6 +325,13 @@ def _sweep_rows(conn: sqlite3.Connection, rows: list[tuple[Any, ...]], now: floa
             ),
         )
     return len(rows)
+
+
+def _was_settled(conn: sqlite3.Connection, reservation_id: str, key_id: str) -> bool:
+    row = conn.execute(
+        "SELECT 1 FROM settled WHERE id = ? AND key_id = ?", (reservation_id, key_id)
+    ).fetchone()
+    return row is not None
 
 
 class SQLiteStore:
@@ -612,36 +637,46 @@ class SQLiteStore:
 
         return await self._run(self._tx, op)
 
-    async def extend(self, reservation_id: str, key_id: str, expires_at: float) -> bool:
-        """Push a live reservation's expiry out (a queued task is still wanted). False if gone."""
+    async def extend(self, reservation_id: str, key_id: str, expires_at: float) -> ReservationState:
+        """Push a live reservation's expiry out; else say whether it was charged."""
 
-        def op(conn: sqlite3.Connection) -> bool:
+        def op(conn: sqlite3.Connection) -> ReservationState:
             cur = conn.execute(
                 "UPDATE reservations SET expires_at = ? WHERE id = ? AND key_id = ?",
                 (float(expires_at), reservation_id, key_id),
             )
-            return cur.rowcount > 0
+            if cur.rowcount > 0:
+                return "live"
+            return "settled" if _was_settled(conn, reservation_id, key_id) else "gone"
 
         return await self._run(self._tx, op)
 
     async def settle(
-        self, reservation_id: str, key_id: str, charge: int, record: UsageRecord
-    ) -> bool:
+        self,
+        reservation_id: str,
+        key_id: str,
+        charge: int,
+        record: UsageRecord,
+        *,
+        task: TaskRecord | None = None,
+        remember_s: float = 0,
+    ) -> SettleOutcome:
         """One transaction: charge min(charge, reserved), refund the rest, free the slot, ledger
-        the row -- once (the DELETE of the reservation is the idempotency check)."""
+        the row and keep `task` -- once (the DELETE of the reservation is the idempotency
+        check)."""
         if charge < 0:
             raise ValueError("charge must be >= 0")
         usage_s = (
             json.dumps(record.usage, separators=(",", ":")) if record.usage is not None else None
         )
 
-        def op(conn: sqlite3.Connection) -> bool:
+        def op(conn: sqlite3.Connection) -> SettleOutcome:
             row = conn.execute(
                 "DELETE FROM reservations WHERE id = ? AND key_id = ? RETURNING amount",
                 (reservation_id, key_id),
             ).fetchone()
             if row is None:
-                return False
+                return "already_settled" if _was_settled(conn, reservation_id, key_id) else "gone"
             reserved = int(row[0])
             charged = min(int(charge), reserved)
             if reserved > charged:
@@ -672,9 +707,35 @@ class SQLiteStore:
                     int(record.cost_estimated),
                 ),
             )
-            return True
+            now = float(record.created_at)
+            if record.status == "succeeded" and remember_s > 0:
+                conn.execute(
+                    "INSERT OR REPLACE INTO settled (id, key_id, expires_at) VALUES (?,?,?)",
+                    (reservation_id, key_id, now + remember_s),
+                )
+            if task is not None:
+                conn.execute(
+                    "INSERT OR REPLACE INTO task_records (id, key_id, body, expires_at)"
+                    " VALUES (?,?,?,?)",
+                    (task.task_id, key_id, task.body, now + task.ttl_s),
+                )
+            return "settled"
 
         return await self._run(self._tx, op)
+
+    async def task_record(self, key_id: str, task_id: str) -> bytes | None:
+        def op() -> bytes | None:
+            row = (
+                self._connection()
+                .execute(
+                    "SELECT body FROM task_records WHERE id = ? AND key_id = ?",
+                    (task_id, key_id),
+                )
+                .fetchone()
+            )
+            return bytes(row[0]) if row else None
+
+        return await self._run(op)
 
     async def sweep(self, now: float) -> int:
         """Refund every reservation past its expiry, free its slot, ledger it as 'expired'."""
@@ -686,6 +747,8 @@ class SQLiteStore:
                 " WHERE expires_at <= ? ORDER BY expires_at",
                 (now,),
             ).fetchall()
+            conn.execute("DELETE FROM settled WHERE expires_at <= ?", (now,))
+            conn.execute("DELETE FROM task_records WHERE expires_at <= ?", (now,))
             return _sweep_rows(conn, rows, now)
 
         return await self._run(self._tx, op)

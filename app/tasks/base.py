@@ -25,13 +25,18 @@ also makes them immune to clock skew between worker machines.)
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any, Literal, Protocol
+
+import orjson
 
 TaskStatus = Literal["queued", "running", "succeeded", "failed"]
 FINAL_STATUSES: frozenset[str] = frozenset({"succeeded", "failed"})
 
 IdemKind = Literal["new", "pending", "done", "conflict"]
+
+#: How long a finished task (queued or synchronous) can be looked up.
+TASK_RETENTION_S = 7 * 86400
 
 
 @dataclass(slots=True)
@@ -90,6 +95,20 @@ class Task:
         return out
 
 
+def task_record_bytes(task: Task) -> bytes:
+    """A finished task as the JSON a task record holds (see `task_from_record`)."""
+    if task.status not in FINAL_STATUSES:
+        raise ValueError("only finished tasks are recorded")
+    return orjson.dumps({name: getattr(task, name) for name in _TASK_FIELDS})
+
+
+def task_from_record(raw: bytes) -> Task:
+    return Task(**orjson.loads(raw))
+
+
+_TASK_FIELDS = tuple(f.name for f in fields(Task))
+
+
 @dataclass(slots=True)
 class Claimed:
     """A task handed to one worker, with the payload it was enqueued with."""
@@ -133,16 +152,6 @@ class TaskQueue(Protocol):
     # --- work queue
     async def enqueue(self, task: Task, payload: bytes) -> None:
         """Store the task (status queued) and its payload and make it claimable, atomically."""
-        ...
-
-    async def record(self, task: Task) -> None:
-        """Store a finished task that was *not* queued: a synchronous request, so that
-        `GET /v1/tasks/{id}` answers for it too. Overwrites; never claimed or delivered;
-        expires like a finished task. Only final statuses (ValueError otherwise)."""
-        ...
-
-    async def record_many(self, tasks: list[Task]) -> None:
-        """`record` for several tasks in one round trip (synchronous requests, batched)."""
         ...
 
     async def claim(

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import hashlib
 import time
-from dataclasses import fields as dataclass_fields
 from typing import Any
 
 import orjson
@@ -167,23 +166,6 @@ def _json(v: bytes | None) -> Any:
     return orjson.loads(v) if v else None
 
 
-# Records of synchronous requests: one JSON string per task, a whole batch in one call.
-_RECORD_MANY = """
-for i, key in ipairs(KEYS) do
-  redis.call('SET', key, ARGV[i + 1], 'EX', ARGV[1])
-end
-return #KEYS
-"""
-
-
-_TASK_FIELDS = tuple(f.name for f in dataclass_fields(Task))
-
-
-def _shallow(task: Task) -> dict[str, Any]:
-    """The task's fields as a dict, without `asdict`'s deep copy of the result."""
-    return {name: getattr(task, name) for name in _TASK_FIELDS}
-
-
 def task_from_hash(h: dict[bytes, bytes]) -> Task:
     """A Task from its Redis hash (bytes keys and values, as read without decoding)."""
     return Task(
@@ -235,7 +217,6 @@ class RedisTaskQueue:
         self._finish = client.register_script(_FINISH)
         self._claim_due = client.register_script(_CLAIM_DUE)
         self._record = client.register_script(_RECORD_DELIVERY)
-        self._record_many = client.register_script(_RECORD_MANY)
         self._idem_begin = client.register_script(_IDEM_BEGIN)
         self._idem_finish = client.register_script(_IDEM_FINISH)
         self._idem_abort = client.register_script(_IDEM_ABORT)
@@ -291,24 +272,6 @@ class RedisTaskQueue:
         await self.r.set(self.payload_key(task.id), payload, ex=self.task_ttl_s)
         flat = [x for kv in fields.items() for x in kv]
         await self._enqueue(keys=[self.task_key(task.id), self.stream], args=[task.id, *flat])
-
-    async def record(self, task: Task) -> None:
-        await self.record_many([task])
-
-    async def record_many(self, tasks: list[Task]) -> None:
-        """Store finished tasks that never went through the queue: one EVALSHA per batch,
-        one JSON string per task (a hash of fields per task cost ~0.2 ms per request)."""
-        if any(t.status not in FINAL_STATUSES for t in tasks):
-            raise ValueError("only finished tasks are recorded")
-        if not tasks:
-            return
-        await self._record_many(
-            keys=[self.record_key(t.id) for t in tasks],
-            args=[self.task_ttl_s, *(orjson.dumps(_shallow(t)) for t in tasks)],
-        )
-
-    def record_key(self, task_id: str) -> str:
-        return f"{self._q}rec:{task_id}"
 
     async def _autoclaim(self, worker_id: str, lease_ms: int) -> tuple[str, str] | None:
         for _ in range(_AUTOCLAIM_ROUNDS):
@@ -414,10 +377,7 @@ class RedisTaskQueue:
 
     async def get(self, task_id: str) -> Task | None:
         h: dict[bytes, bytes] = await self.r.hgetall(self.task_key(task_id))  # type: ignore[assignment]
-        if h:
-            return task_from_hash(h)
-        raw = await self.r.get(self.record_key(task_id))
-        return Task(**orjson.loads(raw)) if raw else None
+        return task_from_hash(h) if h else None
 
     async def queue_depth(self) -> int:
         return int(await self.r.xlen(self.stream))

@@ -34,7 +34,7 @@ from typing import Any, TypeVar
 import orjson
 
 from app.core.sqlite import enable_wal
-from app.tasks.base import FINAL_STATUSES, Claimed, DeliveryOutcome, IdemState, Task, delivery_note
+from app.tasks.base import Claimed, DeliveryOutcome, IdemState, Task, delivery_note
 
 T = TypeVar("T")
 
@@ -193,31 +193,6 @@ class SQLiteTaskQueue:
 
         await self._run(op)
         self._notify()
-
-    async def record(self, task: Task) -> None:
-        await self.record_many([task])
-
-    async def record_many(self, tasks: list[Task]) -> None:
-        """Store finished tasks that never went through the queue, in one transaction."""
-        if any(t.status not in FINAL_STATUSES for t in tasks):
-            raise ValueError("only finished tasks are recorded")
-        if not tasks:
-            return
-        rows = [self._record_row(t) for t in tasks]
-        sql = f"INSERT OR REPLACE INTO tasks ({_COLUMNS}) VALUES ({', '.join('?' * len(rows[0]))})"
-        await self._run(lambda c: c.executemany(sql, rows))
-
-    @staticmethod
-    def _record_row(task: Task) -> tuple[Any, ...]:
-        def dumps(v: Any) -> str | None:
-            return orjson.dumps(v).decode() if v is not None else None
-
-        return (
-            task.id, task.key_id, task.trace_id, task.model, task.status, task.created,
-            task.started, task.finished, task.callback_url, dumps(task.result),
-            dumps(task.error), task.attempts, int(task.delivered), task.delivery_attempts,
-            int(task.undelivered), dumps(task.last_delivery),
-        )  # fmt: skip
 
     def _claim_one(self, worker_id: str, lease_s: float, now: float) -> Claimed | None:
         def op(c: sqlite3.Connection) -> Claimed | None:

@@ -94,6 +94,7 @@ def test_shipped_config_loads(path: Path) -> None:
     assert set(config.models) == ALL_MODELS
     assert config.default_model == "gpt-image-1.5"
     assert config.defaults.rpm == 60 and config.defaults.max_concurrency == 8
+    assert config.tasks.lease_s == 30  # a dead worker's tasks run again within ~30 s
     assert config.upstreams["openai"].base_url == DEFAULT_OPENAI_BASE_URL
     assert config.upstreams["gemini"].base_url == DEFAULT_GEMINI_BASE_URL
     assert config.upstreams["openai"].api_key is None  # "${...}" of an unset var → no key
@@ -200,6 +201,10 @@ def test_unknown_upstream_referenced_by_a_model() -> None:
     msg = str(exc.value)
     assert msg.startswith("conf/a.yaml: ")
     assert "models.m.upstream" in msg and "'azure'" in msg
+
+
+def test_lease_default_is_30_s() -> None:
+    assert parse(minimal()).tasks.lease_s == 30
 
 
 def test_no_default_model_and_no_gpt_image_1_5_starts() -> None:

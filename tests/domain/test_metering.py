@@ -3,6 +3,7 @@ settle, and what the client sees when the store is down."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -13,7 +14,7 @@ from app.core.config import GatewayConfig, Settings, load_config
 from app.core.errors import GatewayError
 from app.domain.audit import Actor
 from app.domain.keys import KeyAdmin, NewKey
-from app.domain.metering import Hold, Meter, rate_headers
+from app.domain.metering import Hold, Meter, Settlement, rate_headers
 from app.domain.pricing import quote
 from app.store.base import Admission, UsageQuery
 from app.store.redis_store import RedisStore
@@ -240,7 +241,7 @@ async def test_admit_429_concurrency(meter: Meter, admin: KeyAdmin, config: Gate
     assert "concurrency limit" in err.message
     assert int(err.headers["retry-after"]) >= 1
     assert err.headers["x-ratelimit-limit-requests"] == "100"
-    await meter.settle(h1, images=1, task_id="task1")  # frees a slot
+    await h1.settle(1)  # frees a slot
     await admit(meter, new, config, "r3")
 
 
@@ -279,14 +280,14 @@ async def test_settle_charges_the_delivery(
     hold = await admit(meter, new, config, "r1", model="dall-e-2", size="256x256", n=4)
     assert (await store.get_key(new.key.id)).balance == 920_000  # type: ignore[union-attr]
     clock.advance(1.5)
-    assert await meter.settle(hold, images=3, task_id="task-1") == 60_000
+    assert (await hold.settle(3)).charge == 60_000
     assert (await store.get_key(new.key.id)).balance == 940_000  # type: ignore[union-attr]
     [row] = await store.usage_records(UsageQuery(key_id=new.key.id))
     assert (row.status, row.images, row.credits, row.reserved) == ("succeeded", 3, 60_000, 80_000)
     assert (row.model, row.size_tier, row.task_id, row.trace_id) == (
         "dall-e-2",
         "1k",
-        "task-1",
+        "r1",
         "t-r1",
     )
     assert row.latency_ms == 1500 and row.created_at == T0 + 1.5 and row.error_code is None
@@ -298,8 +299,7 @@ async def test_settle_refunds_a_failure(
     new = await admin.create(by=ACTOR, name="a", credits=1_000_000)
     hold = await admit(meter, new, config, "r1", model="gpt-image-2", size="2048x2048")
     assert hold.quote.reserve == 300_000
-    charge = await meter.settle(hold, images=1, task_id="t", error_code="upstream_timeout")
-    assert charge == 0
+    await hold.refund("upstream_timeout", "the upstream timed out")
     assert (await store.get_key(new.key.id)).balance == 1_000_000  # type: ignore[union-attr]
     [row] = await store.usage_records(UsageQuery(key_id=new.key.id))
     assert (row.status, row.images, row.credits, row.error_code) == (
@@ -316,8 +316,11 @@ async def test_settle_is_once(
 ) -> None:
     new = await admin.create(by=ACTOR, name="a", credits=1_000_000)
     hold = await admit(meter, new, config, "r1")
-    await meter.settle(hold, images=1, task_id="t")
-    await meter.settle(hold, images=1, task_id="t")
+    async with hold:
+        await hold.settle(1)
+    async with hold:  # settled: leaving the block again refunds nothing
+        pass
+    await meter.write(hold, images=1)  # a second settle round trip changes nothing
     assert (await store.get_key(new.key.id)).balance == 860_000  # type: ignore[union-attr]
     assert len(await store.usage_records(UsageQuery(key_id=new.key.id))) == 1
 
@@ -327,7 +330,7 @@ async def test_seven_requests_cost_exactly_0_98(
 ) -> None:
     new = await admin.create(by=ACTOR, name="a", credits=1_000_000, rpm=100, max_concurrency=100)
     for i in range(7):
-        await meter.settle(await admit(meter, new, config, f"r{i}"), images=1, task_id=str(i))
+        await (await admit(meter, new, config, f"r{i}")).settle(1)
     assert (await store.get_key(new.key.id)).balance == 20_000  # type: ignore[union-attr]
     await expect("insufficient_credits", 402, admit(meter, new, config, "r7"))
 
@@ -354,9 +357,9 @@ async def test_settle_prices_the_reported_usage_on_the_channel(
 ) -> None:
     new = await admin.create(by=ACTOR, name="a", credits=1_000_000)
     usage = {"promptTokenCount": 10, "candidatesTokenCount": 1290}
-    await meter.settle(await admit(meter, new, config, "r1"), images=1, task_id="r1", usage=usage)
+    await (await admit(meter, new, config, "r1")).settle(1, usage=usage)
     hold = await admit(meter, new, config, "r2", model="dall-e-2", size="512x512", n=2)
-    await meter.settle(hold, images=2, task_id="r2", size="512x512", channel="openai-b")
+    await hold.settle(2, size="512x512", channel="openai-b")
     rows = {r.reservation_id: r for r in await store.usage_records(UsageQuery())}
     # nano-banana list prices: 10 x $0.30 + 1290 x $30 per million tokens
     assert (rows["r1"].cost_usd, rows["r1"].cost_estimated) == (38_703, False)
@@ -388,7 +391,7 @@ async def test_store_down_is_503(dead_meter: Meter, config: GatewayConfig) -> No
         503,
         dead_meter.admit(key, model="nano-banana", quote=q, reservation_id="r", trace_id="t"),
     )
-    hold = Hold("r", "key_x", "nano-banana", q, "t", T0)
+    hold = Hold(dead_meter, "r", "key_x", "nano-banana", q, "t", T0)
     await expect("service_unavailable", 503, dead_meter.extend(hold, T0 + 100))
     assert await dead_meter.sweep() == 0  # the background sweeper never raises
 
@@ -397,7 +400,52 @@ async def test_settle_with_the_store_down_does_not_fail_the_request(
     dead_meter: Meter, config: GatewayConfig
 ) -> None:
     q = quote(config.models["nano-banana"], None, 1)
-    hold = Hold("r", "key_x", "nano-banana", q, "t", T0)
+    hold = Hold(dead_meter, "r", "key_x", "nano-banana", q, "t", T0)
     started = time.monotonic()
-    assert await dead_meter.settle(hold, images=1, task_id="t") == 140_000
+    assert await hold.settle(1) == Settlement("unknown", 140_000)
     assert time.monotonic() - started < 5  # a few short retries, then the sweeper's job
+
+
+# --- the hold as a context manager --------------------------------------------------------
+async def test_hold_refunds_unless_settled(
+    meter: Meter, admin: KeyAdmin, store: SQLiteStore, config: GatewayConfig
+) -> None:
+    new = await admin.create(by=ACTOR, name="a", credits=1_000_000, rpm=100, max_concurrency=100)
+    with pytest.raises(GatewayError):
+        async with await admit(meter, new, config, "r1"):
+            raise GatewayError("upstream_timeout", "slow")
+    with pytest.raises(RuntimeError):
+        async with await admit(meter, new, config, "r2"):
+            raise RuntimeError("a bug")
+
+    async def cancelled() -> None:
+        async with await admit(meter, new, config, "r3"):
+            await asyncio.Event().wait()
+
+    job = asyncio.create_task(cancelled())
+    await asyncio.sleep(0.05)
+    job.cancel()
+    await asyncio.gather(job, return_exceptions=True)
+    assert (await store.get_key(new.key.id)).balance == 1_000_000  # type: ignore[union-attr]
+    rows = await store.usage_records(UsageQuery(key_id=new.key.id))
+    assert sorted(r.error_code or "" for r in rows) == [
+        "api_error",
+        "api_error",
+        "upstream_timeout",
+    ]
+
+
+async def test_settle_of_a_gone_reservation_reserves_again_or_402(
+    meter: Meter, admin: KeyAdmin, store: SQLiteStore, config: GatewayConfig
+) -> None:
+    new = await admin.create(by=ACTOR, name="a", credits=200_000, rpm=100, max_concurrency=100)
+    hold = await admit(meter, new, config, "r1")
+    await meter.write(hold, images=0, error_code="api_error")  # refunded behind its back
+    assert (await hold.settle(1)).charge == 140_000  # reserved again, then charged once
+    assert (await store.get_key(new.key.id)).balance == 60_000  # type: ignore[union-attr]
+    poor_key = await admin.create(by=ACTOR, name="b", credits=150_000)
+    poor = await admit(meter, poor_key, config, "r2")
+    await meter.write(poor, images=0, error_code="api_error")  # refunded: 150_000 again
+    await store.adjust_balance(poor_key.key.id, -50_000, "spent elsewhere", T0)
+    await expect("insufficient_credits", 402, poor.settle(1))  # must not be delivered
+    assert (await store.get_key(poor_key.key.id)).balance == 100_000  # type: ignore[union-attr]

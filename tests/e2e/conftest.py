@@ -2,7 +2,9 @@
 
 `stack` is module-scoped: a simulator, a gateway (embedded SQLite store in a temp data dir,
 private URLs allowed only where a test says so) and an admin client. Tests create their own
-keys with exactly the credits and limits they need.
+keys with exactly the credits and limits they need. `any_stack` runs the main flows on both
+stores: SQLite, and Redis (what production runs), each Redis stack with a redis-server of its
+own so no other test's flush can touch it.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from app.api.app import create_app
 from app.core.config import GatewayConfig, RoutingConfig, Settings, load_config
 from app.simulator import create_simulator_app
 from tests.support.net import ThreadedServer
+from tests.support.redis_server import RedisServer
 
 ADMIN_KEY = "test-admin-key"
 
@@ -31,6 +34,13 @@ class Stack:
     gateway: ThreadedServer
     data_dir: Path
     config: GatewayConfig
+    redis: RedisServer | None = None
+
+    def stop(self) -> None:
+        self.gateway.stop()
+        self.sim.stop()
+        if self.redis is not None:
+            self.redis.cleanup()
 
     @property
     def url(self) -> str:
@@ -97,20 +107,22 @@ def start_stack(
     public_base_url: str | None = None,
     config_file: Path | None = None,
     redis_url: str | None = None,
+    store: str = "sqlite",
     **overrides: Any,
 ) -> Stack:
     data_dir = Path(tempfile.mkdtemp(prefix="imagegate-e2e-"))
+    redis = RedisServer(appendonly=False).start() if store == "redis" else None
     sim = ThreadedServer(create_simulator_app()).start()
     settings = Settings(
         data_dir=data_dir,
         admin_key=ADMIN_KEY,
         allow_private_urls=allow_private,
-        redis_url=redis_url,
+        redis_url=redis.url if redis else redis_url,
         public_base_url=public_base_url,
     )
     config = gateway_config(settings, sim.url, config_file, **overrides)
     gateway = ThreadedServer(create_app(settings, config)).start()
-    return Stack(sim=sim, gateway=gateway, data_dir=data_dir, config=config)
+    return Stack(sim=sim, gateway=gateway, data_dir=data_dir, config=config, redis=redis)
 
 
 @contextlib.contextmanager
@@ -122,6 +134,22 @@ def running_stack(**kwargs: Any) -> Iterator[Stack]:
     finally:
         s.gateway.stop()
         s.sim.stop()
+
+
+@pytest.fixture(scope="module", params=["sqlite", "redis"])
+def any_stack(request: pytest.FixtureRequest) -> Iterator[Stack]:
+    """The main flows on both stores."""
+    s = start_stack(store=request.param)
+    try:
+        yield s
+    finally:
+        s.stop()
+
+
+@pytest.fixture
+def any_key(any_stack: Stack) -> dict[str, Any]:
+    any_stack.clear_sim()
+    return any_stack.create_key(credits=100, rpm=10_000, max_concurrency=50)
 
 
 @pytest.fixture(scope="module")

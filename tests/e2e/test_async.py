@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,16 +30,19 @@ PNG = images.png(64, 64)
 FAST_CALLBACKS = CallbacksConfig(max_attempts=3, backoff_base_s=0.2, backoff_max_s=0.5, timeout_s=2)
 
 
-@pytest.fixture(scope="module")
-def astack() -> Iterator[Stack]:
+@pytest.fixture(scope="module", params=["sqlite", "redis"])
+def astack(request: pytest.FixtureRequest) -> Iterator[Stack]:
+    """Callbacks, polling and idempotency on both stores."""
     s = start_stack(
-        allow_private=True, callbacks=FAST_CALLBACKS, tasks=TasksConfig(workers=4, lease_s=30)
+        allow_private=True,
+        callbacks=FAST_CALLBACKS,
+        tasks=TasksConfig(workers=4, lease_s=30),
+        store=request.param,
     )
     try:
         yield s
     finally:
-        s.gateway.stop()
-        s.sim.stop()
+        s.stop()
 
 
 def submit(
@@ -199,16 +203,86 @@ def test_idempotency_five_concurrent(astack: Stack) -> None:
     assert r.status_code == 409 and r.json()["error"]["code"] == "conflict"
 
 
-def test_sync_request_is_pollable(astack: Stack) -> None:
+def test_sync_request_is_pollable_at_once(astack: Stack) -> None:
+    """Read-your-writes: the task record is written by the settle that charged the request."""
     key = astack.create_key(credits=1)
-    body = submit(astack, key, None).json()
-    task = wait_task(astack, key, body["task_id"], lambda t: t.get("status") == "succeeded")
+    auth = {"authorization": f"Bearer {key['key']}"}
+    with httpx.Client(base_url=astack.url, headers=auth, timeout=30) as c:  # one connection
+        for _ in range(3):
+            r = c.post(EDITS, data={"model": "gpt-image-1", "prompt": "x"}, files={"image": PNG})
+            assert r.status_code == 200, r.text
+            body = r.json()
+            got = c.get(f"/v1/tasks/{body['task_id']}")  # right away: no waiting, no polling
+            assert got.status_code == 200, got.text
+    task = got.json()
+    assert task["status"] == "succeeded" and task["trace_id"] == body["trace_id"]
     assert task["result"]["data"] == body["data"]
     assert task["callback"]["delivered"] is False
+    other = astack.create_key(credits=1)
+    assert get_task(astack, other, body["task_id"]).status_code == 404
 
 
-# --- durability: kill -9 with 20 tasks in flight (real Redis) ----------------------------
-def test_kill9_with_tasks_in_flight(tmp_path: Path, redis_server: RedisServer) -> None:
+def test_sync_edit_is_one_store_call_before_the_upstream_and_one_after(astack: Stack) -> None:
+    """Keeping the task record costs no extra round trip: it rides in the settle script."""
+    if astack.redis is None:
+        pytest.skip("counts the commands a Redis server sees (MONITOR)")
+    key = astack.create_key(credits=1)
+    auth = {"authorization": f"Bearer {key['key']}"}
+    seen: list[str] = []
+    done = threading.Event()
+    ready = threading.Event()
+
+    def watch() -> None:
+        r = redis.Redis.from_url(astack.redis.url)  # type: ignore[union-attr]
+        with r.monitor() as m:
+            ready.set()
+            for cmd in m.listen():
+                if done.is_set():
+                    return
+                if key["id"] in cmd["command"] and cmd.get("client_type") != "lua":
+                    seen.append(cmd["command"].split(" ", 1)[0])
+
+    with httpx.Client(base_url=astack.url, headers=auth, timeout=30) as c:
+        edit = {"data": {"model": "gpt-image-1", "prompt": "x"}, "files": {"image": PNG}}
+        assert c.post(EDITS, **edit).status_code == 200  # warm the key cache
+        watcher = threading.Thread(target=watch, daemon=True)
+        watcher.start()
+        ready.wait(5)
+        time.sleep(0.1)
+        assert c.post(EDITS, **edit).status_code == 200
+        time.sleep(0.2)
+        done.set()
+        redis.Redis.from_url(astack.redis.url).ping()  # type: ignore[union-attr]
+        watcher.join(5)
+    assert seen == ["EVALSHA", "EVALSHA"], seen  # admit; settle + ledger + task record
+
+
+def test_replays_answer_with_the_first_trace_id(astack: Stack) -> None:
+    """x-request-id always equals the body's trace_id; a replay is the first answer, marked."""
+    key = astack.create_key(credits=1)
+    with receiver() as rx:
+        for callback in (None, rx.url):  # a synchronous edit, then a callback submission
+            headers = {"idempotency-key": f"replay-{callback is None}"}
+            first = submit(astack, key, callback, headers=headers)
+            again = submit(astack, key, callback, headers=headers)
+            assert first.status_code == again.status_code == 200, (first.text, again.text)
+            assert "idempotent-replayed" not in first.headers
+            assert again.headers["idempotent-replayed"] == "true"
+            assert first.json()["trace_id"] == first.headers["x-request-id"]
+            assert again.content == first.content
+            assert again.headers["x-request-id"] == first.json()["trace_id"]
+        rx.wait_for(1, timeout=30)
+    assert astack.balance(key["id"]) == pytest.approx(0.80)  # two requests, each charged once
+
+
+# --- durability: kill -9 with 20 tasks in flight, on both stores ---------------------------
+LEASE_S = 3
+
+
+@pytest.mark.parametrize("store", ["redis", "sqlite"])
+def test_kill9_with_tasks_in_flight(tmp_path: Path, redis_server: RedisServer, store: str) -> None:
+    """A restarted gateway finishes a SIGKILLed one's tasks within the lease plus a few
+    seconds, each charged once."""
     redis_server.flushall()
     sim = ThreadedServer(create_simulator_app()).start()
     # 4 s upstream latency: 20 submits plus the pause stay well inside it on a loaded machine
@@ -216,14 +290,12 @@ def test_kill9_with_tasks_in_flight(tmp_path: Path, redis_server: RedisServer) -
     config = write_config(
         sim.url,
         tmp_path / "gateway.yaml",
-        tasks={"workers": 20, "lease_s": 3},
+        tasks={"workers": 20, "lease_s": LEASE_S},
         callbacks={"max_attempts": 5, "backoff_base_s": 0.2, "backoff_max_s": 1, "timeout_s": 5},
     )
-    env = {
-        "IMAGEGATE_REDIS_URL": redis_server.url,
-        "IMAGEGATE_ADMIN_KEY": ADMIN_KEY,
-        "IMAGEGATE_ALLOW_PRIVATE_URLS": "true",
-    }
+    env = {"IMAGEGATE_ADMIN_KEY": ADMIN_KEY, "IMAGEGATE_ALLOW_PRIVATE_URLS": "true"}
+    if store == "redis":
+        env["IMAGEGATE_REDIS_URL"] = redis_server.url
     gw = GatewayProcess(config, env=env).start()
     try:
         with receiver() as rx:
@@ -238,18 +310,19 @@ def test_kill9_with_tasks_in_flight(tmp_path: Path, redis_server: RedisServer) -
             ids = [submit(stack_like, key, rx.url).json()["task_id"] for _ in range(20)]  # type: ignore[arg-type]
             time.sleep(0.8)  # the workers have claimed them and are waiting on the upstream
             gw.kill()
-            assert rx.deliveries == []
+            # (on a loaded machine the first submissions may already be done; most are not)
+            assert len(rx.deliveries) < 10
+            killed_at = time.monotonic()
             gw = GatewayProcess(config, env=env, data_dir=gw.data_dir).start()
             try:
                 rx.wait_for(20, timeout=60)
+                # lease + the upstream's 4 s + start-up and delivery slack
+                assert time.monotonic() - killed_at < LEASE_S + 4 + 15
             except TimeoutError:
                 seen = {json.loads(d.body)["task_id"] for d in rx.deliveries}
                 now_at = type("S", (), {"url": gw.url})()
                 states = {i: get_task(now_at, key, i).json() for i in ids if i not in seen}  # type: ignore[arg-type]
-                rc = redis.Redis.from_url(redis_server.url)
-                pend = rc.xpending_range("ig:{q}:stream", "workers", "-", "+", 100)
-                hashes = {i: rc.hgetall(f"ig:{{q}}:task:{i}") for i in states}
-                raise AssertionError(f"undelivered: {states}\nPEL {pend}\nH {hashes}") from None
+                raise AssertionError(f"undelivered: {states}") from None
             got = {json.loads(d.body)["task_id"] for d in rx.deliveries}
             assert got == set(ids)
             assert all(json.loads(d.body)["success"] for d in rx.deliveries)

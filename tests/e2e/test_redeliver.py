@@ -90,9 +90,10 @@ def test_redeliver_pending_then_given_up(rstack: Stack) -> None:
 
 def test_redeliver_refusals(rstack: Stack) -> None:
     key = rstack.create_key(credits=10)
-    sync = submit(rstack, key, None)  # a synchronous request is a task without callback
+    sync = submit(rstack, key, None)  # a synchronous request: answered, never queued
     assert sync.status_code == 200
-    assert_error(redeliver(rstack, sync.json()["task_id"]), 409, "conflict", "task_id")
+    # its record lives with the key's metering data, not in the queue: nothing to redeliver
+    assert_error(redeliver(rstack, sync.json()["task_id"]), 404, "not_found", "task_id")
     assert_error(redeliver(rstack, "no-such-task"), 404, "not_found", "task_id")
     r = redeliver(rstack, sync.json()["task_id"], auth=f"Bearer {key['key']}")
     assert_error(r, 401, "invalid_token")

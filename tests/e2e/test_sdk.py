@@ -29,7 +29,8 @@ def last_openai(stack: Stack) -> dict[str, Any]:
     return reqs[-1]
 
 
-def test_one_file_b64(stack: Stack, key: dict[str, Any]) -> None:
+def test_one_file_b64(any_stack: Stack, any_key: dict[str, Any]) -> None:
+    stack, key = any_stack, any_key  # both stores
     client = sdk(stack, key)
     res = client.images.edit(
         model="gpt-image-1",
@@ -47,7 +48,8 @@ def test_one_file_b64(stack: Stack, key: dict[str, Any]) -> None:
     assert "response_format" not in sent["fields"]
 
 
-def test_several_files_and_mask(stack: Stack, key: dict[str, Any]) -> None:
+def test_several_files_and_mask(any_stack: Stack, any_key: dict[str, Any]) -> None:
+    stack, key = any_stack, any_key  # both stores
     client = sdk(stack, key, prefix="/v1")
     res = client.images.edit(
         model="gpt-image-1.5",

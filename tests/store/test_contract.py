@@ -16,6 +16,7 @@ from app.store.base import (
     AuditQuery,
     ConsoleSession,
     Store,
+    TaskRecord,
     UsageGroup,
     UsageQuery,
     UsageRecord,
@@ -154,7 +155,7 @@ async def test_settle_after_delete_still_ledgers(store: Store) -> None:
     await store.create_key(make_key())
     assert (await admit(store, "r1")).ok
     assert await store.delete_key(KEY)
-    assert await store.settle("r1", KEY, 140_000, record("r1"))
+    assert await store.settle("r1", KEY, 140_000, record("r1")) == "settled"
     rows = await store.usage_records(UsageQuery())
     assert [(r.reservation_id, r.credits) for r in rows] == [("r1", 140_000)]
     assert await store.get_key(KEY) is None  # settling did not resurrect the key
@@ -191,12 +192,12 @@ async def test_admit_settle_refund_exact_balances(store: Store) -> None:
     assert a.ok and a.balance == 790_000
     assert await balance(store) == 790_000
     # charged less than reserved (dall-e-2 returned fewer images): the rest comes back
-    assert await store.settle("r1", KEY, 140_000, record("r1"))
+    assert await store.settle("r1", KEY, 140_000, record("r1")) == "settled"
     assert await balance(store) == 860_000
 
     assert (await admit(store, "r2", T0 + 2, cost=140_000)).balance == 720_000
     # upstream failed: refund in full
-    assert await store.settle("r2", KEY, 0, record("r2", status="failed", images=0))
+    assert await store.settle("r2", KEY, 0, record("r2", status="failed", images=0)) == "settled"
     assert await balance(store) == 860_000
 
     rows = await store.usage_records(UsageQuery(key_id=KEY))
@@ -209,18 +210,18 @@ async def test_admit_settle_refund_exact_balances(store: Store) -> None:
 async def test_settle_twice_charges_once(store: Store) -> None:
     await store.create_key(make_key())
     assert (await admit(store, "r1")).ok
-    assert await store.settle("r1", KEY, 140_000, record("r1"))
-    assert not await store.settle("r1", KEY, 140_000, record("r1"))
-    assert not await store.settle("r1", KEY, 0, record("r1"))  # nor refunded after the fact
+    assert await store.settle("r1", KEY, 140_000, record("r1")) == "settled"
+    assert await store.settle("r1", KEY, 140_000, record("r1")) == "gone"
+    assert await store.settle("r1", KEY, 0, record("r1")) == "gone"  # nor refunded after the fact
     assert await balance(store) == 860_000
     assert len(await store.usage_records(UsageQuery())) == 1
-    assert not await store.settle("never-admitted", KEY, 5, record("never-admitted"))
+    assert await store.settle("never-admitted", KEY, 5, record("never-admitted")) == "gone"
 
 
 async def test_settle_clamps_charge_to_reserved(store: Store) -> None:
     await store.create_key(make_key())
     assert (await admit(store, "r1", cost=100_000)).ok
-    assert await store.settle("r1", KEY, 999_999, record("r1"))
+    assert await store.settle("r1", KEY, 999_999, record("r1")) == "settled"
     assert await balance(store) == 900_000
     (row,) = await store.usage_records(UsageQuery())
     assert (row.credits, row.reserved) == (100_000, 100_000)
@@ -239,7 +240,7 @@ async def test_zero_cost_admission(store: Store) -> None:
     await store.create_key(make_key(balance=0))
     a = await admit(store, "r1", cost=0)
     assert a.ok and a.balance == 0
-    assert await store.settle("r1", KEY, 0, record("r1"))
+    assert await store.settle("r1", KEY, 0, record("r1")) == "settled"
     assert await balance(store) == 0
 
 
@@ -258,7 +259,7 @@ async def test_expiry_and_sweep_refund(store: Store) -> None:
     assert await store.sweep(T0 + 120) == 1  # expires_at <= now
     assert await balance(store) == 860_000
     assert await store.sweep(T0 + 120) == 0
-    assert not await store.settle("r1", KEY, 350_000, record("r1"))  # too late: refunded
+    assert await store.settle("r1", KEY, 350_000, record("r1")) == "gone"  # too late: refunded
     assert await balance(store) == 860_000
 
     (row,) = await store.usage_records(UsageQuery(key_id=KEY))
@@ -285,15 +286,54 @@ async def test_expired_reservation_frees_slot_on_next_admit(store: Store) -> Non
 async def test_extend(store: Store) -> None:
     await store.create_key(make_key())
     assert (await admit(store, "r1", hold_s=60)).ok
-    assert await store.extend("r1", KEY, T0 + 600)
+    assert await store.extend("r1", KEY, T0 + 600) == "live"
     assert await store.sweep(T0 + 300) == 0
     assert await balance(store) == 860_000
-    assert await store.settle("r1", KEY, 140_000, record("r1"))
-    assert not await store.extend("r1", KEY, T0 + 900)  # settled: gone
-    assert not await store.extend("nope", KEY, T0 + 900)
+    assert await store.settle("r1", KEY, 140_000, record("r1")) == "settled"
+    assert await store.extend("r1", KEY, T0 + 900) == "gone"  # settled: gone
+    assert await store.extend("nope", KEY, T0 + 900) == "gone"
     assert (await admit(store, "r2", T0 + 301, hold_s=60)).ok
     assert await store.sweep(T0 + 361) == 1
-    assert not await store.extend("r2", KEY, T0 + 900)  # expired: gone
+    assert await store.extend("r2", KEY, T0 + 900) == "gone"  # expired: gone
+
+
+async def test_settle_answers_three_ways(store: Store) -> None:
+    """Settled now / already settled (a remembered charge) / gone (refunded or expired)."""
+    await store.create_key(make_key())
+    assert (await admit(store, "t1")).ok
+    assert await store.settle("t1", KEY, 140_000, record("t1"), remember_s=60) == "settled"
+    assert await store.settle("t1", KEY, 140_000, record("t1"), remember_s=60) == (
+        "already_settled"
+    )
+    assert await store.extend("t1", KEY, T0 + 900) == "settled"
+    # a refund is never remembered as a charge: the next settle finds it gone
+    assert (await admit(store, "t2")).ok
+    refund = record("t2", status="failed", images=0)
+    assert await store.settle("t2", KEY, 0, refund, remember_s=60) == "settled"
+    assert await store.settle("t2", KEY, 140_000, record("t2"), remember_s=60) == "gone"
+    assert await store.extend("t2", KEY, T0 + 900) == "gone"
+    assert await balance(store) == 1_000_000 - 140_000
+    # gone -> reserve again under the same id -> charged once more, exactly once
+    assert (await admit(store, "t2")).ok
+    assert await store.settle("t2", KEY, 140_000, record("t2"), remember_s=60) == "settled"
+    assert await balance(store) == 1_000_000 - 280_000
+    assert len(await store.usage_records(UsageQuery(key_id=KEY))) == 3
+
+
+async def test_settle_keeps_the_task_record_in_the_same_step(store: Store) -> None:
+    await store.create_key(make_key())
+    await store.create_key(make_key("key_other"))
+    assert (await admit(store, "r1")).ok
+    body = b'{"id":"r1","status":"succeeded"}'
+    task = TaskRecord("r1", body, 3600)
+    assert await store.settle("r1", KEY, 140_000, record("r1"), task=task) == "settled"
+    assert await store.task_record(KEY, "r1") == body
+    assert await store.task_record("key_other", "r1") is None  # another key's task is not yours
+    assert await store.task_record(KEY, "nope") is None
+    # a settle that finds nothing to settle writes nothing
+    other = TaskRecord("r9", b"{}", 3600)
+    assert await store.settle("r9", KEY, 0, record("r9"), task=other) == "gone"
+    assert await store.task_record(KEY, "r9") is None
 
 
 # --- ledger
@@ -471,7 +511,7 @@ async def test_concurrency_slots(store: Store) -> None:
     assert third.status == "concurrency_limited"
     assert third.retry_after_s == pytest.approx(1.0)
     assert third.balance == 720_000 and third.remaining == 998
-    assert await store.settle("r1", KEY, 140_000, record("r1"))
+    assert await store.settle("r1", KEY, 140_000, record("r1")) == "settled"
     assert (await admit(store, "r3", T0 + 3, max_concurrency=2)).ok
     assert (await admit(store, "r4", T0 + 4, max_concurrency=2)).status == "concurrency_limited"
 
@@ -556,7 +596,7 @@ async def test_reopen_keeps_state(backend: Backend) -> None:
     await first.close()
     second = backend.new()
     assert await balance(second) == 860_000
-    assert await second.settle("r1", KEY, 100_000, record("r1"))
+    assert await second.settle("r1", KEY, 100_000, record("r1")) == "settled"
     assert await balance(second) == 900_000
 
 

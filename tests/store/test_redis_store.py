@@ -70,7 +70,7 @@ async def test_outage_fails_closed_then_recovers(own_server: RedisServer) -> Non
         # empties the script cache) and redis-py loads the script again
         assert await store.ping()
         assert await balance(store) == 1_360_000
-        assert await store.settle("r1", KEY, 100_000, record("r1"))
+        assert await store.settle("r1", KEY, 100_000, record("r1")) == "settled"
         assert await balance(store) == 1_400_000
         a = await admit(store, "r2", T0 + 2)
         assert a.ok and a.balance == 1_260_000
@@ -91,7 +91,7 @@ async def test_script_cache_flush_is_survived(
     client.script_flush()
     client.close()
     assert (await admit(redis_store, "r2", T0 + 1)).ok
-    assert await redis_store.settle("r1", KEY, 0, record("r1"))
+    assert await redis_store.settle("r1", KEY, 0, record("r1")) == "settled"
     client = redis.Redis.from_url(redis_server.url)
     client.script_flush()
     client.close()
@@ -108,7 +108,7 @@ async def test_key_layout_is_cluster_safe(
         await redis_store.create_key(make_key(key_id))
         assert (await admit(redis_store, "r1", key_id=key_id, hold_s=5)).ok
         assert (await admit(redis_store, "r2", T0 + 1, key_id=key_id)).ok
-        assert await redis_store.settle("r2", key_id, 1, record("r2", key_id=key_id))
+        assert await redis_store.settle("r2", key_id, 1, record("r2", key_id=key_id)) == "settled"
         await redis_store.adjust_balance(key_id, 10, None, T0)
     assert await redis_store.sweep(T0 + 100) == 2
 

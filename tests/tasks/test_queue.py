@@ -5,8 +5,6 @@ from __future__ import annotations
 import asyncio
 import time
 
-import pytest
-
 from app.tasks.base import TaskQueue
 from app.tasks.redis_queue import RedisTaskQueue
 from tests.support.redis_server import RedisServer
@@ -279,30 +277,6 @@ async def test_concurrent_idem_begin_has_one_winner(queue: TaskQueue) -> None:
     assert all(
         s.kind == "pending" and s.task_id == winners[0].task_id for s in states if s.kind != "new"
     )
-
-
-async def test_recorded_sync_task_is_gettable_but_never_claimed(queue: TaskQueue) -> None:
-    task = new_task()
-    now = time.time()
-    task.status, task.started, task.finished, task.result = "succeeded", now, now + 1, RESULT
-    await queue.record(task)
-    got = await queue.get(task.id)
-    assert got == task
-    assert await queue.claim("w1", lease_s=0.01, now=time.time() + 100) is None
-    assert await queue.queue_depth() == 0
-
-    failed = new_task()
-    failed.status, failed.started, failed.finished = "failed", now, now
-    failed.error = {"code": "api_error", "message": "x"}
-    await queue.record_many([failed])
-    got = await queue.get(failed.id)
-    assert got is not None and got.status == "failed" and got.to_public()["finished"] == int(now)
-    assert await queue.claim_due_deliveries(now + 1, 10) == []
-
-    running = new_task()
-    running.status = "running"
-    with pytest.raises(ValueError):
-        await queue.record(running)  # only finished requests are recorded
 
 
 async def test_purge_drops_old_records(make_queue: QueueFactory) -> None:

@@ -5,10 +5,19 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
+from pathlib import Path
 
+from app.core.config import Settings, load_config
 from app.core.errors import GatewayError
+from app.domain.metering import Meter
+from app.domain.pricing import quote
+from app.store.base import ApiKey, UsageQuery, hash_secret
+from app.store.redis_store import RedisStore
+from app.store.sqlite_store import SQLiteStore
 from app.tasks.base import CounterMetrics, Task, TaskQueue
+from app.tasks.redis_queue import RedisTaskQueue
 from app.tasks.worker import TaskWorker
+from tests.support.redis_server import RedisServer
 from tests.tasks.conftest import QueueFactory, eventually, new_task
 
 Result = tuple[dict | None, dict | None]
@@ -57,19 +66,30 @@ async def test_handler_failures_fail_the_task_not_the_worker(queue: TaskQueue) -
     assert await queue.queue_depth() == 0
 
 
-async def test_killed_worker_task_is_rerun_and_charged_once(make_queue: QueueFactory) -> None:
-    """Worker A settles the charge, then dies before finishing; B reruns it after the lease."""
+async def test_killed_worker_task_is_rerun_and_charged_once(
+    make_queue: QueueFactory, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """Worker A settles the charge, then dies before finishing; B reruns it after the lease.
+    The charge is read back from the real metering store of the same backend."""
     queue_a, queue_b = make_queue(), make_queue()  # two "processes"
+    redis = isinstance(queue_a, RedisTaskQueue)
+    store = RedisStore(redis_server.url) if redis else SQLiteStore(tmp_path / "store.db")
+    config = load_config(Settings())
+    meter = Meter(store, config)
+    key = ApiKey("key_w", "w", hash_secret("ig-w"), "ig-w", 1_000_000, "whsec", time.time())
+    await store.create_key(key)
+    price = quote(config.models["gpt-image-1"], None, 1)
     seen: Counter[str] = Counter()
-    ledger: dict[str, int] = {}  # reservation id (= task id) -> charge; settle is once per id
     hang = asyncio.Event()
-
-    def settle(task_id: str, amount: int) -> None:
-        ledger.setdefault(task_id, amount)
 
     async def handler(task: Task, payload: bytes) -> Result:
         seen[task.id] += 1
-        settle(task.id, 140_000)
+        hold = meter.hold(
+            reservation_id=task.id, key_id=key.id, model="gpt-image-1", quote=price,
+            trace_id=task.trace_id,
+        )  # fmt: skip
+        async with hold:
+            await hold.settle(1)
         if seen[task.id] == 1:
             await hang.wait()  # worker A stalls here and is then killed
         return {"data": [{"url": f"http://files/{task.id}_0.png"}]}, None
@@ -77,8 +97,11 @@ async def test_killed_worker_task_is_rerun_and_charged_once(make_queue: QueueFac
     lease = 0.4
     a = TaskWorker(queue_a, handler, worker_id="A", lease_s=lease, block_s=0.05)
     stop_a, stop_b = asyncio.Event(), asyncio.Event()
+    task = new_task(key_id=key.id)
+    await meter.admit(
+        key, model="gpt-image-1", quote=price, reservation_id=task.id, trace_id=task.trace_id
+    )  # what the submit did
     run_a = asyncio.create_task(a.run(stop_a))
-    task = new_task()
     await queue_a.enqueue(task, b"p")
 
     async def a_started() -> bool:
@@ -98,7 +121,11 @@ async def test_killed_worker_task_is_rerun_and_charged_once(make_queue: QueueFac
 
     assert got.status == "succeeded" and got.attempts == 2
     assert seen[task.id] == 2
-    assert ledger == {task.id: 140_000}
+    after = await store.get_key(key.id)
+    assert after is not None and after.balance == 1_000_000 - price.charge(1)
+    rows = await store.usage_records(UsageQuery(key_id=key.id))
+    assert [(r.status, r.credits) for r in rows] == [("succeeded", price.charge(1))]
+    await store.close()
 
 
 async def test_heartbeats_keep_a_slow_task_from_being_stolen(make_queue: QueueFactory) -> None:

@@ -65,6 +65,8 @@ async def edit_image(request: Request) -> Response:
     ctx = EditContext(trace_id=trace_id_of(request), base_url=base_url(request, gw))
     reply = await gw.service.edit(key, req, ctx, request.headers.get("idempotency-key"))
     if reply.raw is not None:
+        if reply.trace_id:  # x-request-id must equal the body's trace_id
+            request.state.trace_id = reply.trace_id
         return Response(reply.raw, media_type="application/json", headers=reply.headers)
     if reply.events is not None:
         return StreamingResponse(

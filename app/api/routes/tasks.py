@@ -7,6 +7,7 @@ from fastapi import APIRouter, Request
 from app.api.deps import gateway
 from app.api.responses import JSONResponse
 from app.core.errors import GatewayError
+from app.tasks.records import find_task
 
 router = APIRouter(tags=["tasks"])
 
@@ -15,7 +16,7 @@ router = APIRouter(tags=["tasks"])
 async def get_task(task_id: str, request: Request) -> JSONResponse:
     gw = gateway(request)
     key = await gw.meter.authenticate(request.headers.get("authorization"))
-    task = await gw.tasks.get(task_id)
+    task = await find_task(gw.tasks, gw.store, key.id, task_id)
     if task is None or task.key_id != key.id:  # another key's task does not exist for you
         raise GatewayError("not_found", f"no task {task_id!r}", param="task_id")
     return JSONResponse(task.to_public())
