@@ -17,6 +17,7 @@ from app.api.views import audit_view, group_view, iso, key_view, record_view
 from app.core.money import credits_json
 from app.gateway import Gateway
 from app.store.base import AuditQuery, GroupBy, UsageQuery
+from app.tasks.records import find_task
 
 DAYS = 30
 PAGE = 50
@@ -203,7 +204,8 @@ async def tasks(gw: Gateway, f: Filters) -> dict[str, Any]:
     page = await records(gw, f)
     out = []
     for row in page["rows"]:
-        task = await gw.tasks.get(row["task_id"]) if row["task_id"] else None
+        task_id, key_id = row["task_id"], row["key_id"]
+        task = await find_task(gw.tasks, gw.store, key_id, task_id) if task_id else None
         item = dict(row)
         item["task"] = task_view(task) if task is not None else None
         out.append(item)
@@ -270,7 +272,7 @@ async def me(gw: Gateway, key_id: str) -> dict[str, Any] | None:
     view["recent_usage"] = [record_view(r) for r in rows]
     recent_tasks = []
     for r in rows[:10]:
-        task = await gw.tasks.get(r.task_id) if r.task_id else None
+        task = await find_task(gw.tasks, gw.store, key_id, r.task_id) if r.task_id else None
         if task is not None and task.key_id == key_id:
             recent_tasks.append(task_view(task))
     view["recent_tasks"] = recent_tasks
