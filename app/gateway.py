@@ -29,8 +29,8 @@ from app.service import EditService
 from app.store import open_store
 from app.store.base import Store
 from app.tasks.admin import TaskAdmin
-from app.tasks.base import TaskQueue
 from app.tasks.delivery import CallbackDeliverer
+from app.tasks.queue import TaskQueue
 from app.tasks.worker import TaskWorker
 from app.upstream import UpstreamCaller, build_channels
 

@@ -30,8 +30,9 @@ from app.results import ResultStore
 from app.service import idempotency, streaming
 from app.service.context import EditContext, EditReply, Prepared
 from app.store.base import ApiKey, TaskRecord
-from app.tasks.base import TASK_RETENTION_S, Task, TaskQueue, task_record_bytes
+from app.tasks.base import TASK_RETENTION_S, Task, task_record_bytes
 from app.tasks.payload import decode_request, encode_request, request_fingerprint
+from app.tasks.queue import TaskQueue
 
 if TYPE_CHECKING:
     from app.upstream.caller import UpstreamCaller

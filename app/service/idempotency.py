@@ -18,7 +18,7 @@ from app.core.errors import GatewayError
 from app.core.logging import fields, get_logger
 from app.domain.metering import unavailable
 from app.service.context import EditReply
-from app.tasks.base import TaskQueue
+from app.tasks.idempotency import IdempotencyRecords
 
 log = get_logger("imagegate.edit")
 
@@ -26,7 +26,7 @@ POLL_S = 0.05
 
 
 async def run_once(
-    tasks: TaskQueue,
+    tasks: IdempotencyRecords,
     *,
     key_id: str,
     idem_key: str,

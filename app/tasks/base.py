@@ -1,4 +1,4 @@
-"""The task-queue contract behind asynchronous edits, shared by Redis and SQLite.
+"""The types behind asynchronous edits, shared by Redis and SQLite.
 
 What clients see is documented in docs/API.md, "Asynchronous edits".
 
@@ -33,7 +33,6 @@ import orjson
 TaskStatus = Literal["queued", "running", "succeeded", "failed"]
 FINAL_STATUSES: frozenset[str] = frozenset({"succeeded", "failed"})
 
-IdemKind = Literal["new", "pending", "done", "conflict"]
 
 #: How long a finished task (queued or synchronous) can be looked up.
 TASK_RETENTION_S = 7 * 86400
@@ -117,21 +116,6 @@ class Claimed:
     payload: bytes
 
 
-@dataclass(slots=True, frozen=True)
-class IdemState:
-    """The answer of `idem_begin` for an `Idempotency-Key`.
-
-    new      -- the caller owns the key now and should run the request as `task_id`;
-    pending  -- an earlier request with the same body is still in flight as `task_id`;
-    done     -- it finished; `response` holds the bytes the first request answered with;
-    conflict -- the key was used with a different body (HTTP 409).
-    """
-
-    kind: IdemKind
-    task_id: str | None = None
-    response: bytes | None = None
-
-
 @dataclass(slots=True)
 class DeliveryOutcome:
     """What `record_delivery` stored, for the caller's logs and metrics."""
@@ -140,113 +124,6 @@ class DeliveryOutcome:
     undelivered: bool
     attempts: int
     next_due: float | None = None
-
-
-class TaskQueue(Protocol):
-    """Durable tasks, leases, callback scheduling and idempotency records."""
-
-    async def close(self) -> None: ...
-
-    async def ping(self) -> bool: ...
-
-    # --- work queue
-    async def enqueue(self, task: Task, payload: bytes) -> None:
-        """Store the task (status queued) and its payload and make it claimable, atomically."""
-        ...
-
-    async def claim(
-        self, worker_id: str, *, lease_s: float, now: float, block_s: float = 0.0
-    ) -> Claimed | None:
-        """Take the oldest claimable task: one whose lease lapsed first, else a queued one.
-
-        "Lapsed" means running with no claim or heartbeat for more than `lease_s`. Marks the
-        task running, bumps `attempts`, starts its lease. Waits up to `block_s` for work;
-        None when there is none.
-        """
-        ...
-
-    async def heartbeat(self, task_id: str, worker_id: str, *, now: float) -> bool:
-        """Renew the lease (call well within `lease_s`). False if the worker no longer holds
-        it (it was reclaimed, released or finished)."""
-        ...
-
-    async def release(self, task_id: str, worker_id: str) -> bool:
-        """Give a running task back at once (graceful shutdown), instead of waiting for its
-        lease to lapse. False if the worker did not hold it."""
-        ...
-
-    async def finish(
-        self,
-        task_id: str,
-        *,
-        result: dict[str, Any] | None = None,
-        error: dict[str, Any] | None = None,
-        now: float,
-    ) -> bool:
-        """Record the outcome (error given -> failed, else succeeded), drop the payload, take the
-        task off the work queue and, if it has a callback_url, schedule delivery at `now`.
-        First call wins: False (and no change) if the task is already final or unknown."""
-        ...
-
-    async def get(self, task_id: str) -> Task | None: ...
-
-    async def queue_depth(self) -> int:
-        """Tasks not yet finished (queued or running), for the metrics gauge."""
-        ...
-
-    async def purge(self, now: float) -> int:
-        """Drop finished tasks and idempotency records past their retention (SQLite; Redis
-        uses key TTLs and returns 0). Returns how many tasks were removed."""
-        ...
-
-    # --- callback deliveries
-    async def schedule_delivery(self, task_id: str, due_at: float) -> None: ...
-
-    async def claim_due_deliveries(
-        self, now: float, limit: int, *, lease_s: float = 60.0
-    ) -> list[Task]:
-        """Tasks whose delivery is due, each pushed `lease_s` into the future so no other
-        deliverer takes it while this one POSTs (a crash mid-POST means a retry later)."""
-        ...
-
-    async def record_delivery(
-        self,
-        task_id: str,
-        *,
-        status_code: int | None = None,
-        error: str | None = None,
-        delivered: bool,
-        next_due: float | None,
-        now: float,
-    ) -> DeliveryOutcome | None:
-        """Count one attempt. Delivered -> done; else `next_due` -> retry then; else (None)
-        -> undelivered for good. None if the task is unknown."""
-        ...
-
-    # --- Idempotency-Key
-    async def idem_begin(
-        self,
-        key_id: str,
-        idem_key: str,
-        fingerprint: str,
-        *,
-        task_id: str,
-        now: float,
-        ttl_s: float,
-        stale_after_s: float | None = None,
-    ) -> IdemState:
-        """Claim (`key_id`, `idem_key`) for `task_id`, or say who has it (see `IdemState`).
-        A pending record older than `stale_after_s` (its request died) is taken over."""
-        ...
-
-    async def idem_finish(self, key_id: str, idem_key: str, response: bytes) -> None:
-        """Store the first request's response; later identical requests get it back."""
-        ...
-
-    async def idem_abort(self, key_id: str, idem_key: str, task_id: str) -> None:
-        """Forget a pending record owned by `task_id` (its request failed before it was
-        accepted, e.g. 402), so a retry with the same key can run."""
-        ...
 
 
 class TaskMetrics(Protocol):
@@ -294,3 +171,16 @@ def delivery_note(now: float, status_code: int | None, error: str | None) -> dic
     if error is not None:
         last["error"] = error
     return last
+
+
+# The contracts live one concern per file; `TaskQueue` is all of them (both implementations).
+from app.tasks.idempotency import IdemKind, IdempotencyRecords, IdemState  # noqa: E402
+from app.tasks.queue import TaskQueue, WorkQueue  # noqa: E402
+from app.tasks.schedule import DeliverySchedule  # noqa: E402
+
+__all__ = [
+    "FINAL_STATUSES", "TASK_RETENTION_S", "Claimed", "CounterMetrics", "DeliveryOutcome",
+    "DeliverySchedule", "IdemKind", "IdemState", "IdempotencyRecords", "NullMetrics", "Task",
+    "TaskMetrics", "TaskQueue", "TaskStatus", "WorkQueue", "delivery_note", "task_from_record",
+    "task_record_bytes",
+]  # fmt: skip

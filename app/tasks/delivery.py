@@ -26,7 +26,8 @@ from typing import Any, Protocol
 import orjson
 
 from app.core.config import CallbacksConfig
-from app.tasks.base import DeliveryOutcome, NullMetrics, Task, TaskMetrics, TaskQueue
+from app.tasks.base import DeliveryOutcome, NullMetrics, Task, TaskMetrics
+from app.tasks.schedule import DeliverySchedule
 from app.tasks.signing import HEADER, sign
 
 log = logging.getLogger("imagegate.tasks.delivery")
@@ -79,7 +80,7 @@ class CallbackDeliverer:
 
     def __init__(
         self,
-        queue: TaskQueue,
+        queue: DeliverySchedule,
         fetcher: CallbackPoster,
         get_secret: SecretLookup,
         config: CallbacksConfig,

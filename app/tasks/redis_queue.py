@@ -1,5 +1,8 @@
 """`TaskQueue` on Redis: a stream with a consumer group for work, hashes for task records.
 
+The work queue is here; the delivery schedule is `redis_deliveries.py`, the idempotency
+records `redis_idempotency.py` (mixed in: one client, one key prefix).
+
 Key layout (prefix `ig:`; everything a Lua script touches shares the hash tag `{q}` so the
 scripts stay single-slot on Redis Cluster, while the large payloads get their own slot each):
 
@@ -21,7 +24,6 @@ was SIGKILLed is handed to the next worker once the lease has lapsed (by the Red
 
 from __future__ import annotations
 
-import hashlib
 import time
 from typing import Any
 
@@ -29,7 +31,10 @@ import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
-from app.tasks.base import FINAL_STATUSES, Claimed, DeliveryOutcome, IdemState, Task, delivery_note
+from app.tasks.base import Claimed, Task
+from app.tasks.redis_deliveries import RedisDeliveries
+from app.tasks.redis_idempotency import RedisIdempotency
+from app.tasks.redis_task import pairs_to_dict, task_from_hash, text
 
 GROUP = "workers"
 _AUTOCLAIM_ROUNDS = 4  # XAUTOCLAIM scans <= 10 pending entries a round; the cursor persists
@@ -92,107 +97,8 @@ redis.call('EXPIRE', KEYS[1], ARGV[7])
 return 1
 """
 
-# KEYS: deliveries. ARGV: now, limit, leased_until
-_CLAIM_DUE = """
-local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[2])
-for _, id in ipairs(ids) do redis.call('ZADD', KEYS[1], ARGV[3], id) end
-return ids
-"""
 
-# KEYS: task, deliveries. ARGV: task_id, delivered (0|1), next_due ('' = give up), last_json
-_RECORD_DELIVERY = """
-if redis.call('EXISTS', KEYS[1]) == 0 then
-  redis.call('ZREM', KEYS[2], ARGV[1])
-  return false
-end
-local n = redis.call('HINCRBY', KEYS[1], 'delivery_attempts', 1)
-redis.call('HSET', KEYS[1], 'last_delivery', ARGV[4])
-if ARGV[2] == '1' then
-  redis.call('HSET', KEYS[1], 'delivered', '1')
-  redis.call('ZREM', KEYS[2], ARGV[1])
-  return {n, 1, 0}
-end
-if ARGV[3] ~= '' then
-  redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
-  return {n, 0, 0}
-end
-redis.call('HSET', KEYS[1], 'undelivered', '1')
-redis.call('ZREM', KEYS[2], ARGV[1])
-return {n, 0, 1}
-"""
-
-# KEYS: idem. ARGV: fingerprint, task_id, now, ttl_ms, stale_after_s (-1: never)
-_IDEM_BEGIN = """
-local h = redis.call('HMGET', KEYS[1], 'fp', 'task_id', 'created', 'state', 'response')
-if not h[1] then
-  redis.call('HSET', KEYS[1], 'fp', ARGV[1], 'task_id', ARGV[2], 'created', ARGV[3],
-             'state', 'pending')
-  redis.call('PEXPIRE', KEYS[1], ARGV[4])
-  return {'new', ARGV[2]}
-end
-if h[1] ~= ARGV[1] then return {'conflict', h[2]} end
-if h[4] == 'done' then return {'done', h[2], h[5]} end
-local stale = tonumber(ARGV[5])
-if stale >= 0 and tonumber(ARGV[3]) - tonumber(h[3]) > stale then
-  redis.call('HSET', KEYS[1], 'task_id', ARGV[2], 'created', ARGV[3])
-  redis.call('PEXPIRE', KEYS[1], ARGV[4])
-  return {'new', ARGV[2]}
-end
-return {'pending', h[2]}
-"""
-
-_IDEM_FINISH = """
-if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
-redis.call('HSET', KEYS[1], 'state', 'done', 'response', ARGV[1])
-return 1
-"""
-
-_IDEM_ABORT = """
-local h = redis.call('HMGET', KEYS[1], 'state', 'task_id')
-if h[1] == 'pending' and h[2] == ARGV[1] then redis.call('DEL', KEYS[1]) end
-return 0
-"""
-
-
-def _s(v: bytes | str | None) -> str | None:
-    return v.decode() if isinstance(v, bytes) else v
-
-
-def _f(v: bytes | None) -> float | None:
-    return float(v) if v not in (None, b"") else None
-
-
-def _json(v: bytes | None) -> Any:
-    return orjson.loads(v) if v else None
-
-
-def task_from_hash(h: dict[bytes, bytes]) -> Task:
-    """A Task from its Redis hash (bytes keys and values, as read without decoding)."""
-    return Task(
-        id=h[b"id"].decode(),
-        key_id=h[b"key_id"].decode(),
-        trace_id=h[b"trace_id"].decode(),
-        model=h[b"model"].decode(),
-        created=float(h[b"created"]),
-        status=h[b"status"].decode(),  # type: ignore[arg-type]
-        started=_f(h.get(b"started")),
-        finished=_f(h.get(b"finished")),
-        callback_url=_s(h.get(b"callback_url")) or None,
-        result=_json(h.get(b"result")),
-        error=_json(h.get(b"error")),
-        delivered=h.get(b"delivered") == b"1",
-        delivery_attempts=int(h.get(b"delivery_attempts", b"0")),
-        undelivered=h.get(b"undelivered") == b"1",
-        attempts=int(h.get(b"attempts", b"0")),
-        last_delivery=_json(h.get(b"last_delivery")),
-    )
-
-
-def _pairs_to_dict(flat: list[bytes]) -> dict[bytes, bytes]:
-    return dict(zip(flat[::2], flat[1::2], strict=True))
-
-
-class RedisTaskQueue:
+class RedisTaskQueue(RedisDeliveries, RedisIdempotency):
     """Durable tasks on Redis. The client must be created with `decode_responses=False`
     (payloads are binary); `from_url` does that."""
 
@@ -215,11 +121,8 @@ class RedisTaskQueue:
         self._start = client.register_script(_START)
         self._heartbeat = client.register_script(_HEARTBEAT)
         self._finish = client.register_script(_FINISH)
-        self._claim_due = client.register_script(_CLAIM_DUE)
-        self._record = client.register_script(_RECORD_DELIVERY)
-        self._idem_begin = client.register_script(_IDEM_BEGIN)
-        self._idem_finish = client.register_script(_IDEM_FINISH)
-        self._idem_abort = client.register_script(_IDEM_ABORT)
+        self._init_deliveries(client)
+        self._init_idempotency(client)
 
     @classmethod
     def from_url(cls, url: str, **kwargs: Any) -> RedisTaskQueue:
@@ -231,10 +134,6 @@ class RedisTaskQueue:
 
     def payload_key(self, task_id: str) -> str:
         return f"{self.prefix}payload:{{{task_id}}}"
-
-    def idem_key(self, key_id: str, idem_key: str) -> str:
-        digest = hashlib.sha256(idem_key.encode()).hexdigest()[:32]
-        return f"{self._q}idem:{key_id}:{digest}"
 
     # --- lifecycle
     async def close(self) -> None:
@@ -281,8 +180,8 @@ class RedisTaskQueue:
             self._cursor = res[0]
             for entry_id, fields in res[1]:
                 if fields:
-                    return _s(entry_id) or "", _s(fields[b"task"]) or ""
-            if _s(self._cursor) == "0-0":
+                    return text(entry_id) or "", text(fields[b"task"]) or ""
+            if text(self._cursor) == "0-0":
                 return None
         return None
 
@@ -295,7 +194,7 @@ class RedisTaskQueue:
             for entry in entries:
                 entry_id, fields = entry[0], entry[1]
                 if fields:
-                    return _s(entry_id) or "", _s(fields[b"task"]) or ""
+                    return text(entry_id) or "", text(fields[b"task"]) or ""
         return None
 
     async def claim(
@@ -328,7 +227,7 @@ class RedisTaskQueue:
             )
             if not flat:
                 continue  # finished or vanished task: the script acked the stale entry
-            task = task_from_hash(_pairs_to_dict(flat))
+            task = task_from_hash(pairs_to_dict(flat))
             payload: Any = await self.r.get(self.payload_key(task_id))
             if payload is None:
                 error = {"code": "api_error", "message": "the task's request data was lost"}
@@ -384,94 +283,3 @@ class RedisTaskQueue:
 
     async def purge(self, now: float) -> int:
         return 0  # finished tasks and idempotency records carry TTLs
-
-    # --- callback deliveries
-    async def schedule_delivery(self, task_id: str, due_at: float) -> None:
-        await self.r.zadd(self.deliveries, {task_id: due_at})
-
-    async def claim_due_deliveries(
-        self, now: float, limit: int, *, lease_s: float = 60.0
-    ) -> list[Task]:
-        ids = await self._claim_due(
-            keys=[self.deliveries], args=[repr(now), limit, repr(now + lease_s)]
-        )
-        if not ids:
-            return []
-        async with self.r.pipeline(transaction=False) as pipe:
-            for task_id in ids:
-                pipe.hgetall(self.task_key(task_id.decode()))
-            hashes = await pipe.execute()
-        tasks: list[Task] = []
-        for task_id, h in zip(ids, hashes, strict=True):
-            if not h:
-                await self.r.zrem(self.deliveries, task_id)
-                continue
-            task = task_from_hash(h)
-            if task.delivered or task.undelivered or task.status not in FINAL_STATUSES:
-                await self.r.zrem(self.deliveries, task_id)
-                continue
-            tasks.append(task)
-        return tasks
-
-    async def record_delivery(
-        self,
-        task_id: str,
-        *,
-        status_code: int | None = None,
-        error: str | None = None,
-        delivered: bool,
-        next_due: float | None,
-        now: float,
-    ) -> DeliveryOutcome | None:
-        last = delivery_note(now, status_code, error)
-        res = await self._record(
-            keys=[self.task_key(task_id), self.deliveries],
-            args=[
-                task_id,
-                "1" if delivered else "0",
-                repr(next_due) if (next_due is not None and not delivered) else "",
-                orjson.dumps(last),
-            ],
-        )
-        if not res:
-            return None
-        n, ok, gave_up = (int(x) for x in res)
-        return DeliveryOutcome(
-            delivered=bool(ok),
-            undelivered=bool(gave_up),
-            attempts=n,
-            next_due=next_due if not ok and not gave_up else None,
-        )
-
-    # --- Idempotency-Key
-    async def idem_begin(
-        self,
-        key_id: str,
-        idem_key: str,
-        fingerprint: str,
-        *,
-        task_id: str,
-        now: float,
-        ttl_s: float,
-        stale_after_s: float | None = None,
-    ) -> IdemState:
-        res = await self._idem_begin(
-            keys=[self.idem_key(key_id, idem_key)],
-            args=[
-                fingerprint,
-                task_id,
-                repr(now),
-                max(1, int(ttl_s * 1000)),
-                repr(stale_after_s) if stale_after_s is not None else "-1",
-            ],
-        )
-        kind = res[0].decode()
-        owner = _s(res[1])
-        response = res[2] if len(res) > 2 else None
-        return IdemState(kind=kind, task_id=owner, response=response)
-
-    async def idem_finish(self, key_id: str, idem_key: str, response: bytes) -> None:
-        await self._idem_finish(keys=[self.idem_key(key_id, idem_key)], args=[response])
-
-    async def idem_abort(self, key_id: str, idem_key: str, task_id: str) -> None:
-        await self._idem_abort(keys=[self.idem_key(key_id, idem_key)], args=[task_id])

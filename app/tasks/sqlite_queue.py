@@ -1,5 +1,8 @@
 """`TaskQueue` on SQLite: the embedded store's durable tasks, for one machine.
 
+The work queue is here; the delivery schedule is `sqlite_deliveries.py`, the idempotency
+records `sqlite_idempotency.py` (mixed in: one file, one thread pool).
+
 Schema (created on open; one file, WAL, `synchronous=NORMAL`):
 
     tasks(id PK, key_id, trace_id, model, status, created, started, finished, callback_url,
@@ -34,7 +37,10 @@ from typing import Any, TypeVar
 import orjson
 
 from app.core.sqlite import enable_wal
-from app.tasks.base import Claimed, DeliveryOutcome, IdemState, Task, delivery_note
+from app.tasks.base import Claimed, Task
+from app.tasks.sqlite_deliveries import SQLiteDeliveries
+from app.tasks.sqlite_idempotency import IDEMPOTENCY_SCHEMA, SQLiteIdempotency
+from app.tasks.sqlite_task import COLUMNS, task_from_row
 
 T = TypeVar("T")
 
@@ -67,47 +73,10 @@ CREATE TABLE IF NOT EXISTS task_payloads (
     task_id TEXT PRIMARY KEY,
     payload BLOB NOT NULL
 );
-CREATE TABLE IF NOT EXISTS idempotency (
-    key_id TEXT NOT NULL,
-    idem_key TEXT NOT NULL,
-    fingerprint TEXT NOT NULL,
-    task_id TEXT NOT NULL,
-    created REAL NOT NULL,
-    expires REAL NOT NULL,
-    state TEXT NOT NULL,
-    response BLOB,
-    PRIMARY KEY (key_id, idem_key)
-);
 """
 
-_COLUMNS = (
-    "id, key_id, trace_id, model, status, created, started, finished, callback_url, result, "
-    "error, attempts, delivered, delivery_attempts, undelivered, last_delivery"
-)
 
-
-def _task(row: tuple[Any, ...]) -> Task:
-    return Task(
-        id=row[0],
-        key_id=row[1],
-        trace_id=row[2],
-        model=row[3],
-        status=row[4],
-        created=row[5],
-        started=row[6],
-        finished=row[7],
-        callback_url=row[8],
-        result=orjson.loads(row[9]) if row[9] else None,
-        error=orjson.loads(row[10]) if row[10] else None,
-        attempts=row[11],
-        delivered=bool(row[12]),
-        delivery_attempts=row[13],
-        undelivered=bool(row[14]),
-        last_delivery=orjson.loads(row[15]) if row[15] else None,
-    )
-
-
-class SQLiteTaskQueue:
+class SQLiteTaskQueue(SQLiteDeliveries, SQLiteIdempotency):
     """Durable tasks in one SQLite file (the embedded store's data dir)."""
 
     def __init__(
@@ -128,7 +97,7 @@ class SQLiteTaskQueue:
         self._wake = asyncio.Event()
         Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         conn = self._connect()
-        conn.executescript(_SCHEMA)
+        conn.executescript(_SCHEMA + IDEMPOTENCY_SCHEMA)
 
     # --- plumbing
     def _connect(self) -> sqlite3.Connection:
@@ -216,8 +185,8 @@ class SQLiteTaskQueue:
                     "started = COALESCE(started, ?), attempts = attempts + 1 WHERE id = ?",
                     (worker_id, now, now, task_id),
                 )
-                task = _task(
-                    c.execute(f"SELECT {_COLUMNS} FROM tasks WHERE id = ?", (task_id,)).fetchone()
+                task = task_from_row(
+                    c.execute(f"SELECT {COLUMNS} FROM tasks WHERE id = ?", (task_id,)).fetchone()
                 )
                 prow = c.execute(
                     "SELECT payload FROM task_payloads WHERE task_id = ?", (task_id,)
@@ -312,8 +281,8 @@ class SQLiteTaskQueue:
 
     async def get(self, task_id: str) -> Task | None:
         def op(c: sqlite3.Connection) -> Task | None:
-            row = c.execute(f"SELECT {_COLUMNS} FROM tasks WHERE id = ?", (task_id,)).fetchone()
-            return _task(row) if row else None
+            row = c.execute(f"SELECT {COLUMNS} FROM tasks WHERE id = ?", (task_id,)).fetchone()
+            return task_from_row(row) if row else None
 
         return await self._run(op)
 
@@ -336,124 +305,3 @@ class SQLiteTaskQueue:
             return cur.rowcount
 
         return await self._run(op)
-
-    # --- callback deliveries
-    async def schedule_delivery(self, task_id: str, due_at: float) -> None:
-        await self._run(
-            lambda c: c.execute("UPDATE tasks SET delivery_due = ? WHERE id = ?", (due_at, task_id))
-        )
-
-    async def claim_due_deliveries(
-        self, now: float, limit: int, *, lease_s: float = 60.0
-    ) -> list[Task]:
-        def op(c: sqlite3.Connection) -> list[Task]:
-            rows = c.execute(
-                f"SELECT {_COLUMNS} FROM tasks WHERE delivery_due IS NOT NULL "
-                "AND delivery_due <= ? ORDER BY delivery_due LIMIT ?",
-                (now, limit),
-            ).fetchall()
-            tasks: list[Task] = []
-            for row in rows:
-                task = _task(row)
-                if task.delivered or task.undelivered or not task.done:
-                    c.execute("UPDATE tasks SET delivery_due = NULL WHERE id = ?", (task.id,))
-                    continue
-                c.execute(
-                    "UPDATE tasks SET delivery_due = ? WHERE id = ?", (now + lease_s, task.id)
-                )
-                tasks.append(task)
-            return tasks
-
-        return await self._run(op)
-
-    async def record_delivery(
-        self,
-        task_id: str,
-        *,
-        status_code: int | None = None,
-        error: str | None = None,
-        delivered: bool,
-        next_due: float | None,
-        now: float,
-    ) -> DeliveryOutcome | None:
-        last = delivery_note(now, status_code, error)
-        retry_at = next_due if not delivered else None
-        gave_up = not delivered and retry_at is None
-
-        def op(c: sqlite3.Connection) -> DeliveryOutcome | None:
-            cur = c.execute(
-                "UPDATE tasks SET delivery_attempts = delivery_attempts + 1, last_delivery = ?, "
-                "delivered = MAX(delivered, ?), undelivered = MAX(undelivered, ?), "
-                "delivery_due = ? WHERE id = ?",
-                (orjson.dumps(last).decode(), int(delivered), int(gave_up), retry_at, task_id),
-            )
-            if cur.rowcount == 0:
-                return None
-            n = c.execute(
-                "SELECT delivery_attempts FROM tasks WHERE id = ?", (task_id,)
-            ).fetchone()[0]
-            return DeliveryOutcome(
-                delivered=delivered, undelivered=gave_up, attempts=int(n), next_due=retry_at
-            )
-
-        return await self._run(op)
-
-    # --- Idempotency-Key
-    async def idem_begin(
-        self,
-        key_id: str,
-        idem_key: str,
-        fingerprint: str,
-        *,
-        task_id: str,
-        now: float,
-        ttl_s: float,
-        stale_after_s: float | None = None,
-    ) -> IdemState:
-        def op(c: sqlite3.Connection) -> IdemState:
-            row = c.execute(
-                "SELECT fingerprint, task_id, created, state, response, expires FROM idempotency "
-                "WHERE key_id = ? AND idem_key = ?",
-                (key_id, idem_key),
-            ).fetchone()
-            fresh = row is None or row[5] <= now
-            stale = (
-                row is not None
-                and row[3] == "pending"
-                and row[0] == fingerprint
-                and stale_after_s is not None
-                and now - row[2] > stale_after_s
-            )
-            if fresh or stale:
-                c.execute(
-                    "INSERT OR REPLACE INTO idempotency (key_id, idem_key, fingerprint, task_id, "
-                    "created, expires, state, response) VALUES (?, ?, ?, ?, ?, ?, 'pending', NULL)",
-                    (key_id, idem_key, fingerprint, task_id, now, now + ttl_s),
-                )
-                return IdemState("new", task_id)
-            assert row is not None
-            if row[0] != fingerprint:
-                return IdemState("conflict", row[1])
-            if row[3] == "done":
-                return IdemState("done", row[1], bytes(row[4]))
-            return IdemState("pending", row[1])
-
-        return await self._run(op)
-
-    async def idem_finish(self, key_id: str, idem_key: str, response: bytes) -> None:
-        await self._run(
-            lambda c: c.execute(
-                "UPDATE idempotency SET state = 'done', response = ? "
-                "WHERE key_id = ? AND idem_key = ?",
-                (response, key_id, idem_key),
-            )
-        )
-
-    async def idem_abort(self, key_id: str, idem_key: str, task_id: str) -> None:
-        await self._run(
-            lambda c: c.execute(
-                "DELETE FROM idempotency WHERE key_id = ? AND idem_key = ? AND task_id = ? "
-                "AND state = 'pending'",
-                (key_id, idem_key, task_id),
-            )
-        )

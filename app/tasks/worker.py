@@ -24,8 +24,9 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from app.core.errors import GatewayError
-from app.tasks.base import Claimed, NullMetrics, Task, TaskMetrics, TaskQueue
+from app.tasks.base import Claimed, NullMetrics, Task, TaskMetrics
 from app.tasks.delivery import CallbackDeliverer
+from app.tasks.queue import WorkQueue
 
 log = logging.getLogger("imagegate.tasks.worker")
 
@@ -41,7 +42,7 @@ class TaskWorker:
 
     def __init__(
         self,
-        queue: TaskQueue,
+        queue: WorkQueue,
         handler: Handler,
         deliverer: CallbackDeliverer | None = None,
         *,

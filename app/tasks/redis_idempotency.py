@@ -1,0 +1,91 @@
+"""`Idempotency-Key` records on Redis: one hash per (key, idempotency key), with a TTL
+(`IdempotencyRecords`)."""
+
+from __future__ import annotations
+
+import hashlib
+
+import redis.asyncio as aioredis
+
+from app.tasks.idempotency import IdemState
+from app.tasks.redis_task import text
+
+# KEYS: idem. ARGV: fingerprint, task_id, now, ttl_ms, stale_after_s (-1: never)
+_IDEM_BEGIN = """
+local h = redis.call('HMGET', KEYS[1], 'fp', 'task_id', 'created', 'state', 'response')
+if not h[1] then
+  redis.call('HSET', KEYS[1], 'fp', ARGV[1], 'task_id', ARGV[2], 'created', ARGV[3],
+             'state', 'pending')
+  redis.call('PEXPIRE', KEYS[1], ARGV[4])
+  return {'new', ARGV[2]}
+end
+if h[1] ~= ARGV[1] then return {'conflict', h[2]} end
+if h[4] == 'done' then return {'done', h[2], h[5]} end
+local stale = tonumber(ARGV[5])
+if stale >= 0 and tonumber(ARGV[3]) - tonumber(h[3]) > stale then
+  redis.call('HSET', KEYS[1], 'task_id', ARGV[2], 'created', ARGV[3])
+  redis.call('PEXPIRE', KEYS[1], ARGV[4])
+  return {'new', ARGV[2]}
+end
+return {'pending', h[2]}
+"""
+
+_IDEM_FINISH = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], 'state', 'done', 'response', ARGV[1])
+return 1
+"""
+
+_IDEM_ABORT = """
+local h = redis.call('HMGET', KEYS[1], 'state', 'task_id')
+if h[1] == 'pending' and h[2] == ARGV[1] then redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+class RedisIdempotency:
+    """Mixed into `RedisTaskQueue` (its client `r` and key prefix `_q`)."""
+
+    r: aioredis.Redis
+    _q: str
+
+    def _init_idempotency(self, client: aioredis.Redis) -> None:
+        self._idem_begin = client.register_script(_IDEM_BEGIN)
+        self._idem_finish = client.register_script(_IDEM_FINISH)
+        self._idem_abort = client.register_script(_IDEM_ABORT)
+
+    def idem_key(self, key_id: str, idem_key: str) -> str:
+        digest = hashlib.sha256(idem_key.encode()).hexdigest()[:32]
+        return f"{self._q}idem:{key_id}:{digest}"
+
+    async def idem_begin(
+        self,
+        key_id: str,
+        idem_key: str,
+        fingerprint: str,
+        *,
+        task_id: str,
+        now: float,
+        ttl_s: float,
+        stale_after_s: float | None = None,
+    ) -> IdemState:
+        res = await self._idem_begin(
+            keys=[self.idem_key(key_id, idem_key)],
+            args=[
+                fingerprint,
+                task_id,
+                repr(now),
+                max(1, int(ttl_s * 1000)),
+                repr(stale_after_s) if stale_after_s is not None else "-1",
+            ],
+        )
+        kind = res[0].decode()
+        owner = text(res[1])
+        response = res[2] if len(res) > 2 else None
+        return IdemState(kind=kind, task_id=owner, response=response)
+
+    async def idem_finish(self, key_id: str, idem_key: str, response: bytes) -> None:
+        await self._idem_finish(keys=[self.idem_key(key_id, idem_key)], args=[response])
+
+    async def idem_abort(self, key_id: str, idem_key: str, task_id: str) -> None:
+        await self._idem_abort(keys=[self.idem_key(key_id, idem_key)], args=[task_id])
