@@ -132,18 +132,14 @@ def running_stack(**kwargs: Any) -> Iterator[Stack]:
     try:
         yield s
     finally:
-        s.gateway.stop()
-        s.sim.stop()
+        s.stop()
 
 
 @pytest.fixture(scope="module", params=["sqlite", "redis"])
 def any_stack(request: pytest.FixtureRequest) -> Iterator[Stack]:
     """The main flows on both stores."""
-    s = start_stack(store=request.param)
-    try:
+    with running_stack(store=request.param) as s:
         yield s
-    finally:
-        s.stop()
 
 
 @pytest.fixture
