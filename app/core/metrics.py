@@ -80,49 +80,42 @@ def _use_multiprocess_values() -> None:
         values.ValueClass = values.get_value_class()
 
 
-class Counter:
+class _Labeled:
+    """A metric with labels whose children are looked up once per label set."""
+
     __slots__ = ("_children", "_metric")
 
-    def __init__(self, metric: _Counter) -> None:
+    def __init__(self, metric: _Counter | _Histogram | _Gauge) -> None:
         self._metric = metric
         self._children: dict[tuple[tuple[str, str], ...], Any] = {}
+
+    def _child(self, labels: dict[str, str]) -> Any:
+        key = tuple(labels.items())
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = self._metric.labels(**labels)
+        return child
+
+
+class Counter(_Labeled):
+    __slots__ = ()
 
     def inc(self, amount: float = 1, **labels: str) -> None:
-        key = tuple(labels.items())
-        child = self._children.get(key)
-        if child is None:
-            child = self._children[key] = self._metric.labels(**labels)
-        child.inc(amount)
+        self._child(labels).inc(amount)
 
 
-class Histogram:
-    __slots__ = ("_children", "_metric")
-
-    def __init__(self, metric: _Histogram) -> None:
-        self._metric = metric
-        self._children: dict[tuple[tuple[str, str], ...], Any] = {}
+class Histogram(_Labeled):
+    __slots__ = ()
 
     def observe(self, value: float, **labels: str) -> None:
-        key = tuple(labels.items())
-        child = self._children.get(key)
-        if child is None:
-            child = self._children[key] = self._metric.labels(**labels)
-        child.observe(value)
+        self._child(labels).observe(value)
 
 
-class LabeledGauge:
-    __slots__ = ("_children", "_metric")
-
-    def __init__(self, metric: _Gauge) -> None:
-        self._metric = metric
-        self._children: dict[tuple[tuple[str, str], ...], Any] = {}
+class LabeledGauge(_Labeled):
+    __slots__ = ()
 
     def set(self, value: float, **labels: str) -> None:
-        key = tuple(labels.items())
-        child = self._children.get(key)
-        if child is None:
-            child = self._children[key] = self._metric.labels(**labels)
-        child.set(value)
+        self._child(labels).set(value)
 
 
 class Metrics:
