@@ -285,8 +285,8 @@ def test_kill9_with_tasks_in_flight(tmp_path: Path, redis_server: RedisServer, s
     seconds, each charged once."""
     redis_server.flushall()
     sim = ThreadedServer(create_simulator_app()).start()
-    # 4 s upstream latency: 20 submits plus the pause stay well inside it on a loaded machine
-    httpx.post(sim.url + "/_sim/config", json={"latency_s": 4.0}, timeout=5)
+    # the upstream holds every call until the kill, however slowly the submits go
+    httpx.post(sim.url + "/_sim/config", json={"latency_s": 60.0}, timeout=5)
     config = write_config(
         sim.url,
         tmp_path / "gateway.yaml",
@@ -308,15 +308,19 @@ def test_kill9_with_tasks_in_flight(tmp_path: Path, redis_server: RedisServer, s
             key = r.json()
             stack_like = type("S", (), {"url": gw.url})()
             ids = [submit(stack_like, key, rx.url).json()["task_id"] for _ in range(20)]  # type: ignore[arg-type]
-            time.sleep(0.8)  # the workers have claimed them and are waiting on the upstream
+            # wait until the workers have claimed all 20 and are waiting on the upstream
+            deadline = time.monotonic() + 30
+            while len(httpx.get(sim.url + "/_sim/requests", timeout=5).json()) < 20:
+                assert time.monotonic() < deadline, "the workers did not call the upstream"
+                time.sleep(0.05)
             gw.kill()
-            # (on a loaded machine the first submissions may already be done; most are not)
-            assert len(rx.deliveries) < 10
             killed_at = time.monotonic()
+            assert rx.deliveries == []  # every upstream call was still held
+            httpx.post(sim.url + "/_sim/config", json={"latency_s": 0.0}, timeout=5)
             gw = GatewayProcess(config, env=env, data_dir=gw.data_dir).start()
             try:
                 rx.wait_for(20, timeout=60)
-                # lease + the upstream's 4 s + start-up and delivery slack
+                # lease + start-up and delivery slack (the upstream answers at once now)
                 assert time.monotonic() - killed_at < LEASE_S + 4 + 15
             except TimeoutError:
                 seen = {json.loads(d.body)["task_id"] for d in rx.deliveries}
