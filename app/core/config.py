@@ -175,6 +175,10 @@ class UpstreamConfig(_Strict):
                                  "credentials_file")  # fmt: skip
             if self.keys:
                 raise ValueError("give api_key(s) or a service account, not both")
+        for name in ("credentials_file", "ca_file"):
+            path = getattr(self, name)
+            if path is not None and not Path(path).is_file():
+                raise ValueError(f"{name}: no such file: {path}")
         return self
 
     @property

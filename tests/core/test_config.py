@@ -375,3 +375,30 @@ def test_settings_bad_boolean(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("IMAGEGATE_ALLOW_PRIVATE_URLS", "maybe")
     with pytest.raises(ValueError, match="allow_private_urls"):
         Settings()
+
+
+def test_channel_fields_are_checked_with_the_channel_named() -> None:
+    raw = minimal()
+    raw["upstreams"]["openai"]["kind"] = "azure-openai"  # without api_version
+    with pytest.raises(ConfigError, match=r"upstreams\.openai.*api_version"):
+        parse(raw)
+    raw = minimal()
+    raw["upstreams"]["openai"].update(kind="vertex", api_key="", project="p", location="l",
+                                      credentials_file="/nonexistent/sa.json")  # fmt: skip
+    with pytest.raises(ConfigError, match=r"credentials_file: no such file"):
+        parse(raw)
+    raw = minimal()
+    raw["upstreams"]["openai"].update(kind="vertex", project="p")
+    with pytest.raises(ConfigError, match=r"project, location and credentials_file"):
+        parse(raw)
+    raw = minimal()
+    name = next(iter(raw["models"]))
+    raw["models"][name]["upstreams"] = ["openai"]
+    with pytest.raises(ConfigError, match=r"upstream .*upstreams.*not both"):
+        parse(raw)
+    del raw["models"][name]["upstream"]
+    raw["models"][name]["upstreams"] = ["openai", "nowhere"]
+    with pytest.raises(ConfigError, match=r"upstreams: unknown upstream 'nowhere'"):
+        parse(raw)
+    raw["models"][name]["upstreams"] = ["openai"]
+    parse(raw)  # a list of one is fine
