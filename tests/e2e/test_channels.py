@@ -187,6 +187,10 @@ def test_priority_and_drain_by_patch(chans: Channels) -> None:
         r = c.get("/admin/usage", params={"key_id": key["id"], "group_by": "channel"})
     groups = {g["group"]: g["requests"] for g in r.json()["data"]}
     assert groups.pop("c") == 3 and sum(groups.values()) == 1
+    with chans.admin() as c:  # each drain and restore is in the audit log
+        audit = c.get("/admin/audit", params={"target": "a"}).json()["data"]
+    assert [e["action"] for e in audit][:2] == ["channel.enable", "channel.disable"]
+    assert audit[0]["source"] == "api" and audit[0]["actor"] == "admin"
 
 
 # -- failover ----------------------------------------------------------------------------------

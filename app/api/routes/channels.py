@@ -10,7 +10,7 @@ import time
 
 from pydantic import BaseModel, ConfigDict, StrictBool
 
-from app.api.deps import AdminGateway, admin_router
+from app.api.deps import AdminActor, AdminGateway, admin_router
 from app.api.responses import JSONResponse
 from app.core.errors import GatewayError
 from app.gateway import Gateway
@@ -41,19 +41,23 @@ async def list_channels(gw: AdminGateway) -> JSONResponse:
 
 
 @router.patch("/{name}", summary="Drain (disabled: true) or restore a channel (closes its circuit)")
-async def update_channel(name: str, body: ChannelUpdate, gw: AdminGateway) -> JSONResponse:
+async def update_channel(
+    name: str, body: ChannelUpdate, gw: AdminGateway, by: AdminActor
+) -> JSONResponse:
     channel = _channel(gw, name)
     channel.disabled = body.disabled
     if not body.disabled:  # restored: a fresh start, its breaker closed
         channel.circuit.succeeded()
     gw.caller.publish()
+    await gw.audit.record(by, "channel.disable" if body.disabled else "channel.enable", name)
     return _view(gw, channel)
 
 
 @router.post("/{name}/keys/{prefix}/enable", summary="Put a taken-out key back in use")
-async def enable_key(name: str, prefix: str, gw: AdminGateway) -> JSONResponse:
+async def enable_key(name: str, prefix: str, gw: AdminGateway, by: AdminActor) -> JSONResponse:
     channel = _channel(gw, name)
     if not gw.channels.enable_key(channel, prefix):
         raise GatewayError("not_found", f"channel {name!r} has no key {prefix!r}", status=404)
     gw.caller.publish()
+    await gw.audit.record(by, "channel.key_enable", name, {"key_prefix": prefix})
     return _view(gw, channel)
