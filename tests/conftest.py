@@ -1,4 +1,5 @@
-"""Session-wide fixtures: one real redis-server for the run (tests flush what they need)."""
+"""Session-wide fixtures: one real redis-server and (started on first use) one real 3-master
+Redis Cluster for the run; tests flush what they need."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from pathlib import Path
 import pytest
 from hypothesis import configuration
 
+from tests.support.redis_cluster import RedisCluster
 from tests.support.redis_server import RedisServer
 
 # Hypothesis caches (unicode tables, constants) go to the temp dir, not the worktree; the property
@@ -23,3 +25,12 @@ def redis_server() -> Iterator[RedisServer]:
         yield server
     finally:
         server.cleanup()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[RedisCluster]:
+    cluster = RedisCluster().start()
+    try:
+        yield cluster
+    finally:
+        cluster.cleanup()

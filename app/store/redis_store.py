@@ -29,8 +29,10 @@ Key layout (prefix `ig` by default, K = the key id):
     ig:session:<sha256>      string  a web console session (JSON) by token hash; expires
 
 The last three are not touched by scripts, so they may live in any slot. All times are the
-`now` the caller passes; the store never reads the server clock. (The layout is Cluster-ready;
-the client here is the plain `redis.asyncio.Redis`, i.e. one primary or a proxy.)
+`now` the caller passes; the store never reads the server clock. On a Redis Cluster
+(`redis+cluster://`) the keys of one API key live on one node and different keys spread over
+the nodes; `admit`/`settle` go through the lean client straight to the owning master (one round
+trip, see resp.py), everything else through redis-py's `RedisCluster`.
 
 `admit` first refunds this key's own expired reservations (at most 64), so a crashed request's
 slot and credits come back on the key's next request, not only at the next global `sweep`.
@@ -53,7 +55,6 @@ from dataclasses import asdict
 from importlib import resources
 from typing import Any, cast
 
-import redis.asyncio as aioredis
 from redis import exceptions as rexc
 from redis.asyncio.connection import BlockingConnectionPool
 from redis.asyncio.retry import Retry
@@ -82,7 +83,8 @@ from app.store.base import (
     row_matches,
     utc_day,
 )
-from app.store.resp import RespClient, RespError
+from app.store.redis_url import parse_redis_url, redis_client
+from app.store.resp import RespError, fast_client
 
 # Errors that mean "the store is not reachable or not serving writes right now".
 # Error replies that mean "not now" rather than "wrong": the gateway answers 503.
@@ -97,6 +99,8 @@ _UNAVAILABLE: tuple[type[BaseException], ...] = (
     rexc.MasterDownError,
     rexc.ClusterDownError,
     rexc.TryAgainError,
+    rexc.SlotNotCoveredError,  # a cluster master is gone and nobody took its slots
+    rexc.MasterDownError,
     OSError,  # includes the builtin TimeoutError
 )
 
@@ -271,19 +275,25 @@ class RedisStore:
         if "{" in prefix or "}" in prefix:
             raise ValueError("prefix must not contain braces (it would change the hash slot)")
         self._p = prefix
-        # Blocking pool: a burst of requests waits briefly for a connection instead of opening
-        # hundreds of sockets; waiting longer than the socket timeout counts as unavailable.
-        pool = BlockingConnectionPool.from_url(
-            url,
-            max_connections=max_connections,
-            timeout=socket_timeout,
-            socket_timeout=socket_timeout,
-            socket_connect_timeout=socket_timeout,
-            health_check_interval=health_check_interval,
-            retry=Retry(NoBackoff(), 1, supported_errors=(rexc.ConnectionError,)),
-            decode_responses=True,
-        )
-        self._r: aioredis.Redis = aioredis.Redis(connection_pool=pool)
+        target = parse_redis_url(url)
+        self.cluster = target.cluster
+        options: dict[str, Any] = {
+            "max_connections": max_connections,
+            "socket_timeout": socket_timeout,
+            "socket_connect_timeout": socket_timeout,
+            "health_check_interval": health_check_interval,
+            "decode_responses": True,
+        }
+        if not target.cluster:
+            # Blocking pool: a burst of requests waits briefly for a connection instead of
+            # opening hundreds of sockets; waiting longer than the socket timeout counts as
+            # unavailable.
+            options.update(
+                pool_class=BlockingConnectionPool,
+                timeout=socket_timeout,
+                retry=Retry(NoBackoff(), 1, supported_errors=(rexc.ConnectionError,)),
+            )
+        self._r: Any = redis_client(target, **options)
         self._admit = self._r.register_script(_script_text("admit"))
         self._settle = self._r.register_script(_script_text("settle"))
         self._sweep = self._r.register_script(_script_text("sweep"))
@@ -293,13 +303,9 @@ class RedisStore:
         self._update = self._r.register_script(_plain_script("update_key"))
         self._delete = self._r.register_script(_plain_script("delete_key"))
         # The two calls every edit makes go through a lean pipelined client (see resp.py).
-        self._fast = (
-            RespClient(url, timeout_s=socket_timeout) if url.startswith("redis://") else None
-        )
+        self._fast = fast_client(url, timeout_s=socket_timeout)
 
     async def _hot(self, script: AsyncScript, *, keys: list[str], args: list[Any]) -> Any:
-        if self._fast is None:
-            return await script(keys=keys, args=args)
         try:
             return await self._fast.evalsha(script.sha, str(script.script), keys, args)
         except (ConnectionError, TimeoutError, OSError) as exc:
@@ -347,10 +353,10 @@ class RedisStore:
             return False
 
     async def close(self) -> None:
-        if self._fast is not None:
-            await self._fast.aclose()
+        await self._fast.aclose()
         await self._r.aclose()
-        await self._r.connection_pool.disconnect()
+        if not self.cluster:
+            await self._r.connection_pool.disconnect()
 
     # --- keys
 
@@ -586,22 +592,25 @@ class RedisStore:
         touch one slot), pipelined in batches."""
         day = utc_day(now)
         total = 0
+
+        def keys(key_id: str) -> list[str]:
+            parts = ("key", "res", "exp", "ledger", "agg")
+            return [self._k(key_id, p) for p in parts]
+
         async with self._guard():
             ids = await self._members(self._keys_known)
             for batch in _batches(ids, _SCAN_BATCH):
+                if self.cluster:
+                    # keys sit on different nodes: the lean client routes each script
+                    counts = await asyncio.gather(*(
+                        self._hot(self._sweep, keys=keys(k), args=[k, _f(now), day])
+                        for k in batch
+                    ))  # fmt: skip
+                    total += sum(int(n) for n in counts)
+                    continue
                 pipe = self._r.pipeline(transaction=False)
                 for key_id in batch:
-                    await self._sweep(
-                        keys=[
-                            self._k(key_id, "key"),
-                            self._k(key_id, "res"),
-                            self._k(key_id, "exp"),
-                            self._k(key_id, "ledger"),
-                            self._k(key_id, "agg"),
-                        ],
-                        args=[key_id, _f(now), day],
-                        client=pipe,
-                    )
+                    await self._sweep(keys=keys(key_id), args=[key_id, _f(now), day], client=pipe)
                 total += sum(int(n) for n in await pipe.execute())
         return total
 

@@ -9,6 +9,12 @@ in order (RESP answers in request order), so many concurrent requests share a co
 Failures are plain `ConnectionError` / `TimeoutError`; a timed-out or broken connection is
 closed with every pending call failed (a late reply must never be matched to the wrong
 caller), and the next call reconnects. Everything else (admin, sweeps) stays on redis-py.
+
+`RespCluster` is the same for a Redis Cluster: it learns the slot map (CLUSTER SLOTS) once,
+sends each call straight to the master of its key's slot -- still one round trip -- and
+follows MOVED (the slot moved: remember the new owner, refresh the map) and ASK (the slot is
+migrating: ASKING + the call, one write). A node that cannot be reached fails the call (the
+store answers 503) and makes the next call refresh the map, which finds a promoted replica.
 """
 
 from __future__ import annotations
@@ -17,9 +23,13 @@ import asyncio
 import itertools
 from collections import deque
 from typing import Any
-from urllib.parse import unquote, urlparse
+import ssl
+import time
 
 import hiredis
+from redis.crc import key_slot
+
+from app.store.redis_url import RedisTarget, parse_redis_url
 
 
 class RespError(Exception):
@@ -34,6 +44,9 @@ def _encode(args: tuple[Any, ...]) -> bytes:
         out.append(b)
         out.append(b"\r\n")
     return b"".join(out)
+
+
+_ASKING = _encode(("ASKING",))
 
 
 class _Conn(asyncio.Protocol):
@@ -79,24 +92,40 @@ class _Conn(asyncio.Protocol):
             if not fut.done():
                 fut.set_exception(exc)
 
-    def send(self, payload: bytes) -> asyncio.Future[Any]:
-        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self.waiters.append(fut)
+    def send(self, payload: bytes, replies: int = 1) -> asyncio.Future[Any]:
+        """Write `payload` (holding `replies` commands); the future gets the last reply."""
+        loop = asyncio.get_running_loop()
+        futs = [loop.create_future() for _ in range(replies)]
+        self.waiters.extend(futs)
         assert self.transport is not None
         self.transport.write(payload)
-        return fut
+        for early in futs[:-1]:  # e.g. ASKING's +OK; its error would show in the last reply
+            early.add_done_callback(_consume)
+        return futs[-1]
+
+
+def _consume(fut: asyncio.Future[Any]) -> None:
+    if not fut.cancelled():
+        fut.exception()
 
 
 class RespClient:
-    def __init__(self, url: str, *, connections: int = 2, timeout_s: float = 2.0) -> None:
-        u = urlparse(url)
-        if u.scheme not in ("redis", ""):
-            raise ValueError("the fast path speaks plain redis:// only")
-        self.host = u.hostname or "127.0.0.1"
-        self.port = u.port or 6379
-        self.db = int((u.path or "/0").lstrip("/") or 0)
-        self.username = unquote(u.username) if u.username else None
-        self.password = unquote(u.password) if u.password else None
+    """One server (`redis://` or `rediss://`)."""
+
+    def __init__(
+        self,
+        url: str | RedisTarget,
+        *,
+        connections: int = 2,
+        timeout_s: float = 2.0,
+        node: tuple[str, int] | None = None,
+    ) -> None:
+        target = parse_redis_url(url) if isinstance(url, str) else url
+        self.host, self.port = node or target.nodes[0]
+        self.db = target.db
+        self.username = target.username
+        self.password = target.password
+        self.ssl: ssl.SSLContext | None = target.ssl_context()
         self.timeout_s = timeout_s
         self._conns: list[_Conn | None] = [None] * max(1, connections)
         self._locks = [asyncio.Lock() for _ in self._conns]
@@ -105,8 +134,12 @@ class RespClient:
     async def _connect(self) -> _Conn:
         loop = asyncio.get_running_loop()
         _, conn = await asyncio.wait_for(
-            loop.create_connection(_Conn, self.host, self.port), self.timeout_s
-        )
+            loop.create_connection(
+                _Conn, self.host, self.port, ssl=self.ssl,
+                server_hostname=self.host if self.ssl is not None else None,
+            ),
+            self.timeout_s,
+        )  # fmt: skip
         setup: list[tuple[Any, ...]] = []
         if self.password is not None:
             auth = (
@@ -138,9 +171,13 @@ class RespClient:
                 self._conns[i] = conn
             return conn
 
-    async def call(self, *args: Any) -> Any:
+    async def call(self, *args: Any, asking: bool = False) -> Any:
+        """One command; with `asking`, preceded by ASKING in the same write (cluster ASK)."""
         conn = await self._conn()
-        fut = conn.send(_encode(args))
+        if asking:
+            fut = conn.send(_ASKING + _encode(args), replies=2)
+        else:
+            fut = conn.send(_encode(args))
         try:
             return await asyncio.wait_for(fut, self.timeout_s)
         except TimeoutError:
@@ -163,3 +200,121 @@ class RespClient:
             if conn is not None:
                 conn.abort(ConnectionError("client closed"))
                 self._conns[i] = None
+
+
+_SLOTS = 16384
+_MAX_REDIRECTS = 5
+_REFRESH_EVERY_S = 1.0  # at most one slot-map refresh per second after errors
+
+
+class RespCluster:
+    """A Redis Cluster (`redis+cluster://` / `rediss+cluster://`): one `RespClient` per master,
+    each call routed by its first key's hash slot."""
+
+    def __init__(self, url: str | RedisTarget, *, connections: int = 2, timeout_s: float = 2.0):
+        self.target = parse_redis_url(url) if isinstance(url, str) else url
+        if not self.target.cluster:
+            raise ValueError("RespCluster needs a redis+cluster:// URL")
+        self.timeout_s = timeout_s
+        self.connections = connections
+        self._slots: list[tuple[str, int] | None] = [None] * _SLOTS
+        self._nodes: dict[tuple[str, int], RespClient] = {}
+        self._known: list[tuple[str, int]] = list(self.target.nodes)
+        self._refresh_lock = asyncio.Lock()
+        self._stale = True
+        self._refreshed_at = 0.0
+
+    def _node(self, addr: tuple[str, int]) -> RespClient:
+        node = self._nodes.get(addr)
+        if node is None:
+            node = self._nodes[addr] = RespClient(
+                self.target, connections=self.connections, timeout_s=self.timeout_s, node=addr
+            )
+        return node
+
+    async def refresh(self) -> None:
+        """Read the slot map from the first node that answers (known nodes, then seeds)."""
+        async with self._refresh_lock:
+            if not self._stale and self._refreshed_at:
+                return
+            errors: list[str] = []
+            for addr in dict.fromkeys([*self._known, *self.target.nodes]):
+                try:
+                    ranges = await self._node(addr).call("CLUSTER", "SLOTS")
+                except (ConnectionError, TimeoutError, OSError, RespError) as exc:
+                    errors.append(f"{addr[0]}:{addr[1]}: {exc}")
+                    continue
+                slots: list[tuple[str, int] | None] = [None] * _SLOTS
+                masters: list[tuple[str, int]] = []
+                for lo, hi, primary, *_replicas in ranges:
+                    host = primary[0] or addr[0]  # an empty host means "the one you asked"
+                    owner = (str(host), int(primary[1]))
+                    masters.append(owner)
+                    for slot in range(int(lo), int(hi) + 1):
+                        slots[slot] = owner
+                self._slots = slots
+                self._known = list(dict.fromkeys(masters)) or self._known
+                self._stale = False
+                self._refreshed_at = time.monotonic()
+                return
+            self._refreshed_at = time.monotonic()
+            raise ConnectionError("no Redis Cluster node answered: " + "; ".join(errors))
+
+    async def _owner(self, slot: int) -> tuple[str, int]:
+        if self._stale and (
+            self._slots[slot] is None or time.monotonic() - self._refreshed_at > _REFRESH_EVERY_S
+        ):
+            await self.refresh()
+        addr = self._slots[slot]
+        if addr is None:
+            raise ConnectionError(f"hash slot {slot} is not served by any node")
+        return addr
+
+    async def call_keyed(self, key: str, *args: Any) -> Any:
+        """`args` sent to the master of `key`'s slot, following MOVED/ASK redirects."""
+        slot = key_slot(key.encode())
+        addr = await self._owner(slot)
+        asking = False
+        for _ in range(_MAX_REDIRECTS):
+            try:
+                return await self._node(addr).call(*args, asking=asking)
+            except (ConnectionError, TimeoutError, OSError):
+                self._stale = True  # the owner may have failed over: re-learn on next call
+                raise
+            except RespError as exc:
+                kind, _, rest = str(exc).partition(" ")
+                if kind not in ("MOVED", "ASK"):
+                    raise
+                _slot, _, where = rest.partition(" ")
+                host, _, port = where.rpartition(":")
+                target = (host or addr[0], int(port))
+                if kind == "MOVED":
+                    self._slots[slot] = target
+                    self._stale = True
+                    asking = False
+                else:
+                    asking = True
+                addr = target
+        raise ConnectionError(f"too many cluster redirects for slot {slot}")
+
+    async def evalsha(self, sha: str, script: str, keys: list[str], args: list[Any]) -> Any:
+        """EVALSHA on the slot's master, loading the script there if it does not know it."""
+        try:
+            return await self.call_keyed(keys[0], "EVALSHA", sha, len(keys), *keys, *args)
+        except RespError as exc:
+            if not str(exc).startswith("NOSCRIPT"):
+                raise
+        await self.call_keyed(keys[0], "SCRIPT", "LOAD", script)
+        return await self.call_keyed(keys[0], "EVALSHA", sha, len(keys), *keys, *args)
+
+    async def aclose(self) -> None:
+        for node in self._nodes.values():
+            await node.aclose()
+        self._nodes.clear()
+
+
+def fast_client(url: str, *, timeout_s: float = 2.0) -> RespClient | RespCluster:
+    target = parse_redis_url(url)
+    if target.cluster:
+        return RespCluster(target, timeout_s=timeout_s)
+    return RespClient(target, timeout_s=timeout_s)

@@ -15,6 +15,7 @@ import pytest
 from app.store.base import ApiKey, Store, hash_secret
 from app.store.redis_store import RedisStore
 from app.store.sqlite_store import SQLiteStore
+from tests.support.redis_cluster import RedisCluster
 from tests.support.redis_server import RedisServer
 
 # 2024-06-01T00:00:00Z: a UTC midnight, so day boundaries in tests are easy to reason about.
@@ -47,13 +48,16 @@ class Backend:
             await store.close()
 
 
-@pytest.fixture(params=["sqlite", "redis"])
-async def backend(
-    request: pytest.FixtureRequest, tmp_path: Path, redis_server: RedisServer
-) -> AsyncIterator[Backend]:
+@pytest.fixture(params=["sqlite", "redis", "cluster"])
+async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Backend]:
     if request.param == "redis":
+        redis_server: RedisServer = request.getfixturevalue("redis_server")
         redis_server.flushall()
         b = Backend("redis", url=redis_server.url)
+    elif request.param == "cluster":
+        cluster: RedisCluster = request.getfixturevalue("redis_cluster")
+        cluster.flushall()
+        b = Backend("redis", url=cluster.url)
     else:
         b = Backend("sqlite", path=tmp_path / "imagegate.db")
     try:
