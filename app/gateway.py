@@ -54,17 +54,11 @@ def ensure_admin_key(settings: Settings) -> str:
     return key
 
 
-def open_task_queue(redis_url: str | None, data_dir: Path) -> TaskQueue:
+def open_task_queue(redis_url: str | None, data_dir: Path, *, shards: int = 8) -> TaskQueue:
     if redis_url:
-        import redis.asyncio as aioredis
-
         from app.tasks.redis_queue import RedisTaskQueue
 
-        client = aioredis.Redis.from_url(
-            redis_url, decode_responses=False, socket_timeout=5, socket_connect_timeout=2,
-            health_check_interval=10,
-        )  # fmt: skip
-        return RedisTaskQueue(client)
+        return RedisTaskQueue.from_url(redis_url, shards=shards)
     from app.tasks.sqlite_queue import SQLiteTaskQueue
 
     return SQLiteTaskQueue(data_dir / "tasks.db")
@@ -103,7 +97,9 @@ class Gateway:
         self.results = LocalResultStore(self.data_dir / "files", self.config.results.retention_s)
         self.meter = Meter(self.store, self.config, metrics=self.metrics)
         self.keys = KeyAdmin(self.store, set(self.config.models))
-        self.tasks: TaskQueue = open_task_queue(settings.redis_url, self.data_dir)
+        self.tasks: TaskQueue = open_task_queue(
+            settings.redis_url, self.data_dir, shards=self.config.tasks.shards
+        )
         self.service = EditService(
             config=self.config,
             adapters=self.adapters,

@@ -285,6 +285,7 @@ class TasksConfig(_Strict):
     # worker renews every lease_s / 3).
     lease_s: float = Field(30, gt=0)
     idempotency_ttl_s: int = Field(86400, ge=1)
+    shards: int = Field(8, ge=1, le=1024)  # Redis streams the queue is spread over
 
 
 class GatewayConfig(_Strict):

@@ -343,6 +343,10 @@ class RedisStore:
             yield
         except _UNAVAILABLE as exc:
             raise StoreUnavailable(f"redis unavailable: {exc}") from exc
+        except RespError as exc:  # the lean client's error replies
+            if str(exc).split(" ", 1)[0] in _UNAVAILABLE_REPLIES:
+                raise StoreUnavailable(f"redis unavailable: {exc}") from exc
+            raise rexc.ResponseError(str(exc)) from exc
 
     # --- lifecycle
 
@@ -386,16 +390,29 @@ class RedisStore:
             pipe.sadd(self._keys_known, key.id)
             await pipe.execute()
 
+    async def _lean_hgetall(self, name: str) -> dict[str, str]:
+        """HGETALL through the lean client on a cluster: bearer lookups come in bursts (every
+        request after the key cache lapses), which redis-py's cluster client meets with one
+        new connection each; the lean client pipelines them over a few."""
+        if not self.cluster:
+            return await self._hgetall(name)
+        flat = await self._fast.call_keyed(name, "HGETALL", name)  # type: ignore[union-attr]
+        return dict(zip(flat[::2], flat[1::2], strict=True))
+
     async def get_key(self, key_id: str) -> ApiKey | None:
         async with self._guard():
-            return _key_from_fields(await self._hgetall(self._k(key_id, "key")))
+            return _key_from_fields(await self._lean_hgetall(self._k(key_id, "key")))
 
     async def find_key_by_hash(self, key_hash: str) -> ApiKey | None:
+        index = self._hash_index(key_hash)
         async with self._guard():
-            key_id = await self._r.get(self._hash_index(key_hash))
+            if self.cluster:
+                key_id = await self._fast.call_keyed(index, "GET", index)  # type: ignore[union-attr]
+            else:
+                key_id = await self._r.get(index)
             if key_id is None:
                 return None
-            key = _key_from_fields(await self._hgetall(self._k(str(key_id), "key")))
+            key = _key_from_fields(await self._lean_hgetall(self._k(str(key_id), "key")))
         return key if key is not None and key.key_hash == key_hash else None
 
     async def list_keys(self) -> list[ApiKey]:

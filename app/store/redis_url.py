@@ -88,7 +88,7 @@ def parse_redis_url(url: str) -> RedisTarget:
         db=db,
         username=username,
         password=password,
-        ssl_ca_certs=(query.get("ssl_ca_certs") or [None])[0],
+        ssl_ca_certs=next(iter(query.get("ssl_ca_certs", [])), None),
         ssl_cert_reqs=reqs,
         url=url,
     )
@@ -118,7 +118,7 @@ def redis_client(target: RedisTarget, **options: Any) -> Any:
             tls["ssl_ca_certs"] = target.ssl_ca_certs
         if target.ssl_cert_reqs != "required":
             tls["ssl_check_hostname"] = False
-    auth = {"username": target.username, "password": target.password}
+    auth: dict[str, Any] = {"username": target.username, "password": target.password}
     if target.cluster:
         from redis.asyncio.cluster import ClusterNode, RedisCluster
 

@@ -21,10 +21,10 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections import deque
-from typing import Any
 import ssl
 import time
+from collections import deque
+from typing import Any
 
 import hiredis
 from redis.crc import key_slot
@@ -174,10 +174,8 @@ class RespClient:
     async def call(self, *args: Any, asking: bool = False) -> Any:
         """One command; with `asking`, preceded by ASKING in the same write (cluster ASK)."""
         conn = await self._conn()
-        if asking:
-            fut = conn.send(_ASKING + _encode(args), replies=2)
-        else:
-            fut = conn.send(_encode(args))
+        payload = _encode(args)
+        fut = conn.send(_ASKING + payload, replies=2) if asking else conn.send(payload)
         try:
             return await asyncio.wait_for(fut, self.timeout_s)
         except TimeoutError:

@@ -3,8 +3,10 @@ due time out while a deliverer POSTs (`DeliverySchedule`)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from typing import Any
+
 import orjson
-import redis.asyncio as aioredis
 
 from app.tasks.base import FINAL_STATUSES, DeliveryOutcome, Task, delivery_note
 from app.tasks.redis_task import task_from_hash
@@ -40,27 +42,40 @@ return {n, 0, 1}
 
 
 class RedisDeliveries:
-    """Mixed into `RedisTaskQueue` (its client `r`, `deliveries` zset and `task_key`)."""
+    """Mixed into `RedisTaskQueue` (its client `r`, `task_key` and the per-shard delivery
+    zsets: `deliveries_of(task_id)`, all of them in `deliveries_keys`)."""
 
-    r: aioredis.Redis
-    deliveries: str
+    r: Any
+    deliveries_keys: list[str]
+    shards: int
+    _rotation: Iterator[int]
 
     def task_key(self, task_id: str) -> str:
         raise NotImplementedError
 
-    def _init_deliveries(self, client: aioredis.Redis) -> None:
+    def deliveries_of(self, task_id: str) -> str:
+        raise NotImplementedError
+
+    def _init_deliveries(self, client: Any) -> None:
         self._claim_due = client.register_script(_CLAIM_DUE)
         self._record = client.register_script(_RECORD_DELIVERY)
 
     async def schedule_delivery(self, task_id: str, due_at: float) -> None:
-        await self.r.zadd(self.deliveries, {task_id: due_at})
+        await self.r.zadd(self.deliveries_of(task_id), {task_id: due_at})
 
     async def claim_due_deliveries(
         self, now: float, limit: int, *, lease_s: float = 60.0
     ) -> list[Task]:
-        ids = await self._claim_due(
-            keys=[self.deliveries], args=[repr(now), limit, repr(now + lease_s)]
-        )
+        ids: list[bytes] = []
+        first = next(self._rotation) % self.shards
+        for k in range(self.shards):
+            if len(ids) >= limit:
+                break
+            got = await self._claim_due(
+                keys=[self.deliveries_keys[(first + k) % self.shards]],
+                args=[repr(now), limit - len(ids), repr(now + lease_s)],
+            )
+            ids.extend(got or [])
         if not ids:
             return []
         async with self.r.pipeline(transaction=False) as pipe:
@@ -70,11 +85,11 @@ class RedisDeliveries:
         tasks: list[Task] = []
         for task_id, h in zip(ids, hashes, strict=True):
             if not h:
-                await self.r.zrem(self.deliveries, task_id)
+                await self.r.zrem(self.deliveries_of(task_id.decode()), task_id)
                 continue
             task = task_from_hash(h)
             if task.delivered or task.undelivered or task.status not in FINAL_STATUSES:
-                await self.r.zrem(self.deliveries, task_id)
+                await self.r.zrem(self.deliveries_of(task.id), task_id)
                 continue
             tasks.append(task)
         return tasks
@@ -91,7 +106,7 @@ class RedisDeliveries:
     ) -> DeliveryOutcome | None:
         last = delivery_note(now, status_code, error)
         res = await self._record(
-            keys=[self.task_key(task_id), self.deliveries],
+            keys=[self.task_key(task_id), self.deliveries_of(task_id)],
             args=[
                 task_id,
                 "1" if delivered else "0",

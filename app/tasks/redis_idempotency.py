@@ -4,8 +4,7 @@
 from __future__ import annotations
 
 import hashlib
-
-import redis.asyncio as aioredis
+from typing import Any
 
 from app.tasks.idempotency import IdemState
 from app.tasks.redis_task import text
@@ -44,19 +43,20 @@ return 0
 
 
 class RedisIdempotency:
-    """Mixed into `RedisTaskQueue` (its client `r` and key prefix `_q`)."""
+    """Mixed into `RedisTaskQueue` (its client `r` and key prefix `prefix`). Each record is
+    its own hash tag, so records spread over a Redis Cluster's masters."""
 
-    r: aioredis.Redis
-    _q: str
+    r: Any
+    prefix: str
 
-    def _init_idempotency(self, client: aioredis.Redis) -> None:
+    def _init_idempotency(self, client: Any) -> None:
         self._idem_begin = client.register_script(_IDEM_BEGIN)
         self._idem_finish = client.register_script(_IDEM_FINISH)
         self._idem_abort = client.register_script(_IDEM_ABORT)
 
     def idem_key(self, key_id: str, idem_key: str) -> str:
         digest = hashlib.sha256(idem_key.encode()).hexdigest()[:32]
-        return f"{self._q}idem:{key_id}:{digest}"
+        return f"{self.prefix}idem:{{{key_id}:{digest}}}"
 
     async def idem_begin(
         self,

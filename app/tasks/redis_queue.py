@@ -1,20 +1,32 @@
-"""`TaskQueue` on Redis: a stream with a consumer group for work, hashes for task records.
+"""`TaskQueue` on Redis: streams with a consumer group for work, hashes for task records.
 
 The work queue is here; the delivery schedule is `redis_deliveries.py`, the idempotency
 records `redis_idempotency.py` (mixed in: one client, one key prefix).
 
-Key layout (prefix `ig:`; everything a Lua script touches shares the hash tag `{q}` so the
-scripts stay single-slot on Redis Cluster, while the large payloads get their own slot each):
+The queue is split into `shards` (config `tasks.shards`, default 8). A task belongs to shard
+`crc32(task_id) % shards`; each shard has its own hash tag `{q<i>-<n>}`, chosen so that the
+shards' slots are evenly spaced over the 16384 hash slots -- on a Redis Cluster whose masters
+own even slot ranges, the shards (and their load) spread over the masters. Everything one Lua
+script touches carries its shard's tag (one slot per script); workers read every shard.
+Changing `shards` moves tasks to other shards: drain the queue first.
 
-    ig:{q}:task:<task_id>        hash    the Task fields (result/error/last_delivery as JSON),
+Key layout (prefix `ig:`, T = the shard's tag):
+
+    ig:{T}:task:<task_id>        hash    the Task fields (result/error/last_delivery as JSON),
                                          plus stream_id, worker, heartbeat_at; EXPIREs
                                          `task_ttl_s` after finishing
-    ig:{q}:stream                stream  one entry {task: <task_id>} per queued task; consumer
+    ig:{T}:stream                stream  one entry {task: <task_id>} per queued task; consumer
                                          group `workers`; XACK + XDEL when the task finishes
-    ig:{q}:deliveries            zset    task_id -> unix time the next callback POST is due
-    ig:{q}:idem:<key_id>:<sha>   hash    fp, task_id, created, state (pending|done), response;
+    ig:{T}:deliveries            zset    task_id -> unix time the next callback POST is due
+    ig:idem:{<key_id>:<sha>}     hash    fp, task_id, created, state (pending|done), response;
                                          PEXPIREs after the idempotency TTL
     ig:payload:{<task_id>}       string  the encoded request (deleted on finish; TTL as safety)
+
+A worker that finds every shard empty waits up to `block_s` before looking again, or less: an
+`enqueue` through the same queue object wakes one of that process's waiting workers at once
+(workers of other processes notice within half a second: the idle workers of a process take
+turns looking, so many idle workers cost about as much as one). Lapsed leases are looked for at most
+every quarter lease (and at most every second) per shard, so idle workers stay cheap.
 
 Leases are the consumer group's own bookkeeping: a claimed entry sits in the group's pending
 list under the worker's consumer name, `heartbeat` resets its idle time (XCLAIM JUSTID by the
@@ -24,12 +36,17 @@ was SIGKILLed is handed to the next worker once the lease has lapsed (by the Red
 
 from __future__ import annotations
 
+import asyncio
+import collections
+import contextlib
+import itertools
 import time
+import zlib
 from typing import Any
 
 import orjson
-import redis.asyncio as aioredis
-from redis.exceptions import ResponseError
+from redis.crc import key_slot
+from redis.exceptions import RedisError, ResponseError
 
 from app.tasks.base import Claimed, Task
 from app.tasks.redis_deliveries import RedisDeliveries
@@ -39,6 +56,26 @@ from app.tasks.redis_task import pairs_to_dict, task_from_hash, text
 GROUP = "workers"
 _AUTOCLAIM_ROUNDS = 4  # XAUTOCLAIM scans <= 10 pending entries a round; the cursor persists
 _RELEASED_IDLE_MS = 10**10  # idle time given to a released entry: past any lease
+_SLOTS = 16384
+DEFAULT_SHARDS = 8
+# Idle workers of one process share their looks: a look over all shards that found nothing
+# stands for this long, so N idle loops cost about as much as one.
+_IDLE_SCAN_S = 0.5
+
+
+def shard_tags(shards: int) -> list[str]:
+    """One hash tag per shard, shard i's slot in the i-th of `shards` equal slot ranges (the
+    ranges `redis-cli --cluster create` gives to masters), so shards spread over the masters."""
+    tags: list[str] = []
+    for i in range(shards):
+        lo, hi = i * _SLOTS // shards, (i + 1) * _SLOTS // shards
+        for n in itertools.count():
+            tag = f"q{i}-{n}"
+            if lo <= key_slot(tag.encode()) < hi:
+                tags.append(tag)
+                break
+    return tags
+
 
 _ENQUEUE = """
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
@@ -99,24 +136,35 @@ return 1
 
 
 class RedisTaskQueue(RedisDeliveries, RedisIdempotency):
-    """Durable tasks on Redis. The client must be created with `decode_responses=False`
-    (payloads are binary); `from_url` does that."""
+    """Durable tasks on Redis. The client (`redis.asyncio.Redis` or `RedisCluster`) must be
+    created with `decode_responses=False` (payloads are binary); `from_url` does that."""
 
     def __init__(
         self,
-        client: aioredis.Redis,
+        client: Any,
         *,
         prefix: str = "ig:",
         task_ttl_s: int = 7 * 86400,
+        shards: int = DEFAULT_SHARDS,
     ) -> None:
+        if shards < 1:
+            raise ValueError("shards must be >= 1")
         self.r = client
         self.prefix = prefix
         self.task_ttl_s = task_ttl_s
-        self._q = f"{prefix}{{q}}:"
-        self.stream = f"{self._q}stream"
-        self.deliveries = f"{self._q}deliveries"
-        self._group_ready = False
-        self._cursor: bytes | str = "0-0"
+        self.shards = shards
+        self._tags = [f"{prefix}{{{tag}}}:" for tag in shard_tags(shards)]
+        self.streams = [f"{t}stream" for t in self._tags]
+        self.deliveries_keys = [f"{t}deliveries" for t in self._tags]
+        self._group_ready = [False] * shards
+        self._cursors: list[bytes | str] = ["0-0"] * shards
+        self._rotation = itertools.count()
+        # idle claimers of this process, each woken by one enqueue (not all by every one)
+        self._idle: collections.deque[asyncio.Future[None]] = collections.deque()
+        # when each shard's pending list is next scanned for lapsed leases (monotonic)
+        self._autoclaim_at = [0.0] * shards
+        self._enqueued = 0
+        self._empty_at = 0.0  # when a look over all shards last found nothing (monotonic)
         self._enqueue = client.register_script(_ENQUEUE)
         self._start = client.register_script(_START)
         self._heartbeat = client.register_script(_HEARTBEAT)
@@ -126,11 +174,27 @@ class RedisTaskQueue(RedisDeliveries, RedisIdempotency):
 
     @classmethod
     def from_url(cls, url: str, **kwargs: Any) -> RedisTaskQueue:
-        return cls(aioredis.Redis.from_url(url, decode_responses=False), **kwargs)
+        """Any imagegate Redis URL, `redis+cluster://` included (see app/store/redis_url.py)."""
+        from app.store.redis_url import parse_redis_url, redis_client
+
+        client = redis_client(
+            parse_redis_url(url), decode_responses=False, socket_timeout=5,
+            socket_connect_timeout=2, health_check_interval=10,
+        )  # fmt: skip
+        return cls(client, **kwargs)
 
     # --- keys
+    def shard_of(self, task_id: str) -> int:
+        return zlib.crc32(task_id.encode()) % self.shards
+
     def task_key(self, task_id: str) -> str:
-        return f"{self._q}task:{task_id}"
+        return f"{self._tags[self.shard_of(task_id)]}task:{task_id}"
+
+    def stream_of(self, task_id: str) -> str:
+        return self.streams[self.shard_of(task_id)]
+
+    def deliveries_of(self, task_id: str) -> str:
+        return self.deliveries_keys[self.shard_of(task_id)]
 
     def payload_key(self, task_id: str) -> str:
         return f"{self.prefix}payload:{{{task_id}}}"
@@ -142,15 +206,15 @@ class RedisTaskQueue(RedisDeliveries, RedisIdempotency):
     async def ping(self) -> bool:
         return bool(await self.r.ping())
 
-    async def _ensure_group(self, force: bool = False) -> None:
-        if self._group_ready and not force:
+    async def _ensure_group(self, shard: int, force: bool = False) -> None:
+        if self._group_ready[shard] and not force:
             return
         try:
-            await self.r.xgroup_create(self.stream, GROUP, id="0", mkstream=True)
+            await self.r.xgroup_create(self.streams[shard], GROUP, id="0", mkstream=True)
         except ResponseError as exc:
             if "BUSYGROUP" not in str(exc):
                 raise
-        self._group_ready = True
+        self._group_ready[shard] = True
 
     # --- work queue
     async def enqueue(self, task: Task, payload: bytes) -> None:
@@ -166,28 +230,39 @@ class RedisTaskQueue(RedisDeliveries, RedisIdempotency):
         }
         if task.callback_url:
             fields["callback_url"] = task.callback_url
-        await self._ensure_group()
+        await self._ensure_group(self.shard_of(task.id))
         # The payload first: a stream entry must never point at a task without one.
         await self.r.set(self.payload_key(task.id), payload, ex=self.task_ttl_s)
         flat = [x for kv in fields.items() for x in kv]
-        await self._enqueue(keys=[self.task_key(task.id), self.stream], args=[task.id, *flat])
+        await self._enqueue(
+            keys=[self.task_key(task.id), self.stream_of(task.id)], args=[task.id, *flat]
+        )
+        self._enqueued += 1
+        while self._idle:
+            waiter = self._idle.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                break
 
-    async def _autoclaim(self, worker_id: str, lease_ms: int) -> tuple[str, str] | None:
+    async def _autoclaim(self, shard: int, worker_id: str, lease_ms: int) -> tuple[str, str] | None:
         for _ in range(_AUTOCLAIM_ROUNDS):
             res = await self.r.xautoclaim(
-                self.stream, GROUP, worker_id, lease_ms, start_id=self._cursor, count=1
-            )
-            self._cursor = res[0]
+                self.streams[shard], GROUP, worker_id, lease_ms,
+                start_id=self._cursors[shard], count=1,
+            )  # fmt: skip
+            self._cursors[shard] = res[0]
             for entry_id, fields in res[1]:
                 if fields:
                     return text(entry_id) or "", text(fields[b"task"]) or ""
-            if text(self._cursor) == "0-0":
+            if text(self._cursors[shard]) == "0-0":
                 return None
         return None
 
-    async def _read_new(self, worker_id: str, block_ms: int | None) -> tuple[str, str] | None:
+    async def _read_new(
+        self, shard: int, worker_id: str, block_ms: int | None
+    ) -> tuple[str, str] | None:
         resp: Any = await self.r.xreadgroup(
-            GROUP, worker_id, {self.stream: ">"}, count=1, block=block_ms
+            GROUP, worker_id, {self.streams[shard]: ">"}, count=1, block=block_ms
         )
         streams = list(resp.values()) if isinstance(resp, dict) else [s[1] for s in resp or []]
         for entries in streams:
@@ -197,32 +272,73 @@ class RedisTaskQueue(RedisDeliveries, RedisIdempotency):
                     return text(entry_id) or "", text(fields[b"task"]) or ""
         return None
 
-    async def claim(
-        self, worker_id: str, *, lease_s: float, now: float, block_s: float = 0.0
-    ) -> Claimed | None:
-        await self._ensure_group()
-        lease_ms = max(1, int(lease_s * 1000))
-        start = time.monotonic()
-        deadline = start + block_s
-        while True:
+    async def _find(self, worker_id: str, lease_ms: int) -> tuple[int, str, str] | None:
+        """One pass over the shards (from a rotating start, so no shard starves): a task whose
+        lease lapsed, else a new one. (shard, entry id, task id) or None."""
+        first = next(self._rotation) % self.shards
+        failed: Exception | None = None
+        for k in range(self.shards):
+            shard = (first + k) % self.shards
             try:
-                found = await self._autoclaim(worker_id, lease_ms)
+                await self._ensure_group(shard)
+                found = None
+                if time.monotonic() >= self._autoclaim_at[shard]:
+                    found = await self._autoclaim(shard, worker_id, lease_ms)
+                    if found is None:  # nothing lapsed: look again in a fraction of a lease
+                        self._autoclaim_at[shard] = time.monotonic() + min(1.0, lease_ms / 4000)
                 if found is None:
-                    remaining_ms = int((deadline - time.monotonic()) * 1000)
-                    found = await self._read_new(
-                        worker_id, remaining_ms if remaining_ms > 0 else None
-                    )
+                    found = await self._read_new(shard, worker_id, None)
             except ResponseError as exc:
                 if "NOGROUP" not in str(exc):
                     raise
-                await self._ensure_group(force=True)  # the stream was flushed under us
+                self._group_ready[shard] = False  # the stream was flushed under us
                 continue
+            except (RedisError, OSError) as exc:
+                # one cluster node down must not stop the shards on the others
+                failed = exc
+                continue
+            if found is not None:
+                return (shard, *found)
+        if failed is not None:
+            raise failed
+        return None
+
+    async def claim(
+        self, worker_id: str, *, lease_s: float, now: float, block_s: float = 0.0
+    ) -> Claimed | None:
+        lease_ms = max(1, int(lease_s * 1000))
+        start = time.monotonic()
+        deadline = start + block_s
+        woken = block_s <= 0  # a non-waiting claim always looks
+        while True:
+            seen = self._enqueued
+            found = None
+            if woken or time.monotonic() - self._empty_at >= _IDLE_SCAN_S:
+                found = await self._find(worker_id, lease_ms)
+                if found is None:
+                    self._empty_at = time.monotonic()
+            woken = False
             if found is None:
-                return None
-            entry_id, task_id = found
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return None
+                if self._enqueued != seen:  # enqueued here while we looked: look again
+                    woken = True
+                    continue
+                # until an enqueue here wakes us, or it is time for another look
+                waiter = asyncio.get_running_loop().create_future()
+                self._idle.append(waiter)
+                try:
+                    await asyncio.wait_for(waiter, min(remaining, _IDLE_SCAN_S))
+                    woken = True
+                except TimeoutError:
+                    with contextlib.suppress(ValueError):
+                        self._idle.remove(waiter)
+                continue
+            shard, entry_id, task_id = found
             now_i = now + (time.monotonic() - start)  # `now` as of the claim, after any wait
             flat = await self._start(
-                keys=[self.task_key(task_id), self.stream],
+                keys=[self.task_key(task_id), self.streams[shard]],
                 args=[entry_id, worker_id, repr(now_i), GROUP],
             )
             if not flat:
@@ -237,16 +353,17 @@ class RedisTaskQueue(RedisDeliveries, RedisIdempotency):
 
     async def heartbeat(self, task_id: str, worker_id: str, *, now: float) -> bool:
         ok = await self._heartbeat(
-            keys=[self.task_key(task_id), self.stream],
+            keys=[self.task_key(task_id), self.stream_of(task_id)],
             args=[worker_id, GROUP, repr(now)],
         )
         return bool(ok)
 
     async def release(self, task_id: str, worker_id: str) -> bool:
         ok = await self._heartbeat(
-            keys=[self.task_key(task_id), self.stream],
+            keys=[self.task_key(task_id), self.stream_of(task_id)],
             args=[worker_id, GROUP, "", _RELEASED_IDLE_MS],
         )
+        self._autoclaim_at[self.shard_of(task_id)] = 0.0  # this process sees it at once
         return bool(ok)
 
     async def finish(
@@ -259,7 +376,7 @@ class RedisTaskQueue(RedisDeliveries, RedisIdempotency):
     ) -> bool:
         status = "failed" if error is not None else "succeeded"
         res = await self._finish(
-            keys=[self.task_key(task_id), self.stream, self.deliveries],
+            keys=[self.task_key(task_id), self.stream_of(task_id), self.deliveries_of(task_id)],
             args=[
                 task_id,
                 status,
@@ -275,11 +392,12 @@ class RedisTaskQueue(RedisDeliveries, RedisIdempotency):
         return res == 1
 
     async def get(self, task_id: str) -> Task | None:
-        h: dict[bytes, bytes] = await self.r.hgetall(self.task_key(task_id))  # type: ignore[assignment]
+        h: dict[bytes, bytes] = await self.r.hgetall(self.task_key(task_id))
         return task_from_hash(h) if h else None
 
     async def queue_depth(self) -> int:
-        return int(await self.r.xlen(self.stream))
+        lengths = await asyncio.gather(*(self.r.xlen(s) for s in self.streams))
+        return sum(int(n) for n in lengths)
 
     async def purge(self, now: float) -> int:
         return 0  # finished tasks and idempotency records carry TTLs

@@ -1,7 +1,8 @@
 """Credits and limits, provably right under concurrency, through real gateways.
 
-Two gateway processes share one real Redis (the multi-replica deployment); the embedded
-SQLite store is exercised through the in-process gateway of `conftest.start_stack`.
+Two gateway processes share one real Redis -- a single server, then a 3-master Redis Cluster
+(the multi-replica deployments); the embedded SQLite store is exercised through the in-process
+gateway of `conftest.start_stack`.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from tests.e2e.conftest import ADMIN_KEY, Stack
 from tests.support import images
 from tests.support.net import ThreadedServer
 from tests.support.procs import GatewayProcess, write_config
+from tests.support.redis_cluster import RedisCluster
 from tests.support.redis_server import RedisServer
 
 PNG = images.png(64, 64)
@@ -31,12 +33,14 @@ ADMIN = {"authorization": f"Bearer {ADMIN_KEY}"}
 class Pair:
     """A simulator, one Redis and two gateway processes sharing it."""
 
-    def __init__(self, redis: RedisServer) -> None:
+    def __init__(
+        self, redis: RedisServer | RedisCluster, env: dict[str, str] | None = None
+    ) -> None:
         self.redis = redis
         self.sim = ThreadedServer(create_simulator_app()).start()
         workdir = Path(tempfile.mkdtemp(prefix="imagegate-pair-"))
         config = write_config(self.sim.url, workdir / "gateway.yaml")
-        env = {"IMAGEGATE_REDIS_URL": redis.url, "IMAGEGATE_ADMIN_KEY": ADMIN_KEY}
+        env = {"IMAGEGATE_REDIS_URL": redis.url, "IMAGEGATE_ADMIN_KEY": ADMIN_KEY, **(env or {})}
         self.gateways = [GatewayProcess(config, env=env).start() for _ in range(2)]
 
     def create_key(self, **body: Any) -> dict[str, Any]:
@@ -68,9 +72,11 @@ class Pair:
         self.sim.stop()
 
 
-@pytest.fixture(scope="module")
-def pair(redis_server: RedisServer) -> Iterator[Pair]:
-    p = Pair(redis_server)
+@pytest.fixture(scope="module", params=["redis", "cluster"])
+def pair(request: pytest.FixtureRequest) -> Iterator[Pair]:
+    p = Pair(
+        request.getfixturevalue("redis_server" if request.param == "redis" else "redis_cluster")
+    )
     try:
         yield p
     finally:

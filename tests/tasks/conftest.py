@@ -25,11 +25,13 @@ from tests.support.net import ThreadedServer, serve
 QueueFactory = Callable[[], TaskQueue]
 
 
-@pytest.fixture(params=["redis", "sqlite"])
+@pytest.fixture(params=["redis", "sqlite", "cluster"])
 def make_queue_sync(request: pytest.FixtureRequest, tmp_path: Path) -> QueueFactory:
     """A factory for queue instances on one fresh backend (a second instance = a restart)."""
-    if request.param == "redis":
-        server = request.getfixturevalue("redis_server")
+    if request.param in ("redis", "cluster"):
+        server = request.getfixturevalue(
+            "redis_server" if request.param == "redis" else "redis_cluster"
+        )
         server.flushall()
         return lambda: RedisTaskQueue.from_url(server.url)
     db = tmp_path / "tasks.db"

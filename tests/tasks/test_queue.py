@@ -61,6 +61,9 @@ async def test_failed_task_and_unknown_ids(queue: TaskQueue) -> None:
 
 
 async def test_claims_oldest_first(queue: TaskQueue) -> None:
+    # Redis keeps order per shard (one stream each); with one shard the queue is strict FIFO.
+    if isinstance(queue, RedisTaskQueue):
+        queue = RedisTaskQueue(queue.r, shards=1)
     tasks = [new_task() for _ in range(3)]
     for i, t in enumerate(tasks):
         t.created += i
@@ -295,3 +298,31 @@ async def test_purge_drops_old_records(make_queue: QueueFactory) -> None:
         assert removed == 1
         assert await queue.get(old.id) is None
     assert await queue.get(fresh.id) is not None
+
+
+async def test_shards_spread_and_are_all_consumed(queue: TaskQueue) -> None:
+    if not isinstance(queue, RedisTaskQueue):
+        pytest.skip("shards are a Redis layout")
+    tasks = [new_task() for _ in range(40)]
+    for t in tasks:
+        await queue.enqueue(t, t.id.encode())
+    assert len({queue.shard_of(t.id) for t in tasks}) == queue.shards == 8
+    assert await queue.queue_depth() == 40
+    got = set()
+    for _ in tasks:
+        claimed = await queue.claim("w1", lease_s=30, now=time.time())
+        assert claimed is not None
+        got.add(claimed.payload.decode())
+    assert got == {t.id for t in tasks}
+    assert await queue.claim("w1", lease_s=30, now=time.time()) is None
+
+
+async def test_enqueue_wakes_a_waiting_claim(queue: TaskQueue) -> None:
+    waiting = asyncio.create_task(queue.claim("w1", lease_s=30, now=time.time(), block_s=20))
+    await asyncio.sleep(0.1)
+    task = new_task()
+    started = time.monotonic()
+    await queue.enqueue(task, b"x")
+    claimed = await asyncio.wait_for(waiting, 5)
+    assert claimed is not None and claimed.task.id == task.id
+    assert time.monotonic() - started < 2
