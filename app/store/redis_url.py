@@ -2,7 +2,7 @@
 
     redis://[user:pass@]host:port/db         one server (or a proxy in front of several)
     rediss://...                             the same over TLS
-    redis+cluster://[user:pass@]h1:p1,h2:p2  a Redis Cluster, given by some of its nodes (seeds)
+    redis+cluster://[user:pass@]h1:p1,h2:p2  a Redis Cluster, given by some of its nodes
     rediss+cluster://...                     the same over TLS
 
 TLS takes redis-py's query options `ssl_ca_certs=<file>` and `ssl_cert_reqs=none|optional|

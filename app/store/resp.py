@@ -231,7 +231,7 @@ class RespCluster:
         return node
 
     async def refresh(self) -> None:
-        """Read the slot map from the first node that answers (known nodes, then seeds)."""
+        """Read the slot map from the first node that answers (known masters, then URL nodes)."""
         async with self._refresh_lock:
             if not self._stale and self._refreshed_at:
                 return
