@@ -32,7 +32,7 @@ from app.tasks.admin import TaskAdmin
 from app.tasks.delivery import CallbackDeliverer
 from app.tasks.queue import TaskQueue
 from app.tasks.worker import TaskWorker
-from app.upstream import UpstreamCaller, build_channels
+from app.upstream import ChannelSet, UpstreamCaller, build_channels
 
 log = get_logger("imagegate")
 
@@ -125,9 +125,71 @@ class Gateway:
                 worker_id=f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}",
                 lease_s=self.config.tasks.lease_s, concurrency=workers,
                 on_lease=self._extend_reservation, metrics=task_metrics,
+                shutdown_grace_s=self.config.server.shutdown_grace_s,
             )  # fmt: skip
         self._tasks: list[asyncio.Task[Any]] = []
         self._stop = asyncio.Event()
+        self._stop_claiming = asyncio.Event()  # set first on SIGTERM: workers drain
+        self.draining = False  # SIGTERM seen: /readyz answers 503 so balancers move on
+        # How `reload` reads the config again; `imagegate serve` sets one that also points
+        # credential-less upstreams at its simulator.
+        self.config_loader: Callable[[], GatewayConfig] = lambda: load_config(settings)
+        self._retired: list[asyncio.Task[Any]] = []
+
+    # --- config reload (SIGHUP, POST /admin/reload)
+    def reload(self) -> GatewayConfig:
+        """Read and validate the config again and switch to it; raises `ConfigError` (with the
+        start-up message) and keeps the running config when the file is bad.
+
+        Prices, models, upstreams, limits, defaults, callbacks and retention change at once
+        (requests already in flight finish on what they started with). Process-level settings
+        -- `tasks.workers`, `tasks.shards`, `tasks.lease_s`, `server.*` -- need a restart."""
+        config = self.config_loader()
+        old = self.config
+        adapters = build_adapters(config)
+        channels = build_channels(config)
+        caller = UpstreamCaller(channels, config.routing, self.metrics)
+        retired = self.channels
+        self.config = config
+        self.adapters = adapters
+        self.channels = channels
+        self.caller = caller
+        self.meter.config = config
+        self.keys.known_models = set(config.models)
+        self.service.config = config
+        self.service.adapters = adapters
+        self.service.caller = caller
+        self.deliverer.config = config.callbacks
+        self.results.retention_s = config.results.retention_s
+        # The old channels serve the requests already on them, then close. (Channel health
+        # -- cooldowns, open circuits -- starts afresh with the new config.)
+        grace = max((u.timeout_s for u in old.upstreams.values()), default=0) + 5
+        self._retired.append(asyncio.create_task(self._close_later(retired, grace)))
+        restart = [
+            name
+            for name, a, b in (
+                ("tasks.workers", old.tasks.workers, config.tasks.workers),
+                ("tasks.shards", old.tasks.shards, config.tasks.shards),
+                ("tasks.lease_s", old.tasks.lease_s, config.tasks.lease_s),
+                ("server", old.server, config.server),
+            )
+            if a != b
+        ]
+        log.info("config.reloaded", extra=fields(models=list(config.models),
+                                                 needs_restart=restart))  # fmt: skip
+        return config
+
+    @staticmethod
+    async def _close_later(channels: ChannelSet, delay: float) -> None:
+        await asyncio.sleep(delay)
+        with contextlib.suppress(Exception):
+            await channels.aclose()
+
+    def begin_shutdown(self) -> None:
+        """SIGTERM: report not ready, stop claiming tasks (running ones get the grace period,
+        then their leases are handed back) -- while the server drains its requests."""
+        self.draining = True
+        self._stop_claiming.set()
 
     async def _webhook_secret(self, key_id: str) -> str | None:
         key = await self.store.get_key(key_id)
@@ -140,8 +202,9 @@ class Gateway:
 
     async def start(self, *, workers: bool = True) -> None:
         self._stop.clear()
+        self._stop_claiming.clear()
         if workers and self.worker is not None:
-            self._tasks.append(asyncio.create_task(self.worker.run(self._stop)))
+            self._tasks.append(asyncio.create_task(self.worker.run(self._stop_claiming)))
         self._tasks.append(asyncio.create_task(self.deliverer.run(self._stop)))
         self._tasks.append(asyncio.create_task(self._every(
             self.config.metering.sweep_interval_s, self.meter.sweep)))  # fmt: skip
@@ -167,10 +230,12 @@ class Gateway:
             log.warning("metrics.queue_depth.failed")
 
     async def aclose(self) -> None:
+        self._stop_claiming.set()
         self._stop.set()
         # Workers drain (or release) their tasks on stop; give them their grace period.
+        grace = self.config.server.shutdown_grace_s + 5
         with contextlib.suppress(BaseException):
-            await asyncio.wait_for(asyncio.gather(*self._tasks, return_exceptions=True), 15)
+            await asyncio.wait_for(asyncio.gather(*self._tasks, return_exceptions=True), grace)
         for t in self._tasks:
             t.cancel()
         for t in self._tasks:
@@ -179,5 +244,7 @@ class Gateway:
         self._tasks.clear()
         await self.tasks.close()
         await self.channels.aclose()
+        for t in self._retired:
+            t.cancel()
         await self.fetcher.aclose()
         await self.store.close()

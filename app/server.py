@@ -13,7 +13,8 @@ import os
 import signal
 import socket
 import sys
-from collections.abc import Coroutine
+import threading
+from collections.abc import Callable, Coroutine, Iterator
 from typing import Any
 
 import uvicorn
@@ -89,16 +90,25 @@ def serve(
             from app.core.metrics import multiprocess_dir_for_group
 
             multiprocess_dir_for_group()
-        _run(_main(settings, config, host, port))
+        _run(_main(settings, config, host, port, explicit_config=explicit_config))
         return 0
-    return _serve_forked(settings, config, host, port, workers)
+    return _serve_forked(settings, config, host, port, workers, explicit_config)
 
 
 def _serve_forked(
-    settings: Settings, config: GatewayConfig, host: str, port: int, workers: int
+    settings: Settings,
+    config: GatewayConfig,
+    host: str,
+    port: int,
+    workers: int,
+    explicit_config: str | None = None,
 ) -> int:
     """N gateway processes accepting on one shared socket (one per core): the same
-    multi-replica layout as several machines sharing a store, on one machine."""
+    multi-replica layout as several machines sharing a store, on one machine.
+
+    Signals to the parent go to the gateway processes: SIGHUP reloads each one's config,
+    SIGTERM/SIGINT drain them; the simulator (if any) is stopped only after they have exited,
+    so requests in flight to it still get their answers."""
     from app.core.metrics import multiprocess_dir_for_group, process_exited, remove_group_dir
     from app.gateway import ensure_admin_key
 
@@ -112,15 +122,20 @@ def _serve_forked(
     sock.listen(2048)
     sock.set_inheritable(True)
     children: list[int] = []
+    sim_pid: int | None = None
+    sim_url: str | None = None
     simulated = simulated_upstreams(config)
     if simulated:
         sim_port = _free_port()
-        config = point_at_simulator(config, simulated, f"http://127.0.0.1:{sim_port}")
-        _announce_simulator(simulated, f"http://127.0.0.1:{sim_port}")
-        children.append(_fork(lambda: _run(_quietly(_sim_server(sim_port).serve()))))
+        sim_url = f"http://127.0.0.1:{sim_port}"
+        config = point_at_simulator(config, simulated, sim_url)
+        _announce_simulator(simulated, sim_url)
+        sim_pid = _fork(lambda: _run(_quietly(_sim_server(sim_port).serve())))
     for _ in range(workers):
-        children.append(_fork(lambda: _run(_main(settings, config, host, port, sockets=[sock],
-                                                 simulate=False))))  # fmt: skip
+        children.append(_fork(lambda: _run(_main(
+            settings, config, host, port, sockets=[sock], simulate=False,
+            explicit_config=explicit_config, sim_url=sim_url,
+        ))))  # fmt: skip
     log.info("gateway.workers", extra=fields(workers=workers, pids=children))
 
     def forward(signum: int, _frame: Any) -> None:
@@ -130,6 +145,7 @@ def _serve_forked(
 
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
+    signal.signal(signal.SIGHUP, forward)
     status = 0
     remaining = set(children)
     while remaining:
@@ -143,6 +159,11 @@ def _serve_forked(
         process_exited(pid)
         if os.waitstatus_to_exitcode(code) not in (0, -signal.SIGTERM, -signal.SIGINT):
             status = 1
+    if sim_pid is not None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(sim_pid, signal.SIGTERM)
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(sim_pid, 0)
     sock.close()
     if owned_metrics_dir:
         remove_group_dir(metrics_dir)
@@ -156,6 +177,7 @@ def _fork(target: Any) -> int:
         try:
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             signal.signal(signal.SIGINT, signal.SIG_DFL)
+            signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until the gateway handles it
             target()
         except BaseException:
             log.exception("worker.crashed")
@@ -172,14 +194,55 @@ async def _quietly(coro: Coroutine[Any, Any, None]) -> None:
         await coro
 
 
+class _Server(uvicorn.Server):
+    """uvicorn's server, with the shutdown imagegate promises.
+
+    SIGTERM/SIGINT start the graceful drain (uvicorn stops accepting and waits for in-flight
+    requests up to `timeout_graceful_shutdown`) and call `on_exit` at once, so task workers
+    drain at the same time; afterwards the process exits 0 -- uvicorn's own handler re-raises
+    the signal, which ends the process as killed by SIGTERM. With `handles_signals=False`
+    (the simulator beside the gateway) signals are left to the gateway's server."""
+
+    def __init__(
+        self,
+        config: uvicorn.Config,
+        *,
+        handles_signals: bool = True,
+        on_exit: Callable[[], None] | None = None,
+    ) -> None:
+        super().__init__(config)
+        self.handles_signals = handles_signals
+        self.on_exit = on_exit
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        if not self.handles_signals or threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        loop = asyncio.get_running_loop()
+
+        def handle(sig: int, frame: Any) -> None:
+            self.handle_exit(sig, frame)
+            if self.on_exit is not None:
+                loop.call_soon_threadsafe(self.on_exit)
+
+        originals = {sig: signal.signal(sig, handle) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for sig, original in originals.items():
+                signal.signal(sig, original)
+
+
 def _sim_server(port: int) -> uvicorn.Server:
     from app.simulator import create_simulator_app
 
-    return uvicorn.Server(
+    return _Server(
         uvicorn.Config(
             create_simulator_app(), host="127.0.0.1", port=port, log_level="warning",
             http="httptools", lifespan="off", access_log=False, log_config=None,
-        )
+        ),
+        handles_signals=False,
     )  # fmt: skip
 
 
@@ -201,7 +264,11 @@ async def _main(
     *,
     sockets: list[socket.socket] | None = None,
     simulate: bool = True,
+    explicit_config: str | None = None,
+    sim_url: str | None = None,
 ) -> None:
+    """One gateway process. `sim_url`: a simulator already running (forked mode) that
+    credential-less upstreams point at, also after a reload."""
     from app.api.app import create_app
     from app.gateway import Gateway
 
@@ -216,17 +283,28 @@ async def _main(
 
     _dump_tasks_on_sigusr1()
     gateway = Gateway(settings, config)
+
+    def load() -> GatewayConfig:
+        fresh = load_config(settings, explicit_config)
+        if sim_url is None:
+            return fresh
+        return point_at_simulator(fresh, simulated_upstreams(fresh), sim_url)
+
+    gateway.config_loader = load
+    _reload_on_sighup(gateway)
     store_kind = "redis" if settings.redis_url else f"sqlite at {gateway.data_dir}/imagegate.db"
     log.info("gateway.start", extra=fields(host=host, port=port, store=store_kind,
                                            models=list(config.models)))  # fmt: skip
     if not settings.admin_key:
         print(f"admin key: stored in {(gateway.data_dir / 'admin_key').resolve()}", file=sys.stderr)
     app = create_app(settings, config, gateway=gateway)
-    main = uvicorn.Server(
+    main = _Server(
         uvicorn.Config(
             app, host=host, port=port, log_level=settings.log_level, http="httptools",
             lifespan="on", access_log=False, log_config=None, timeout_keep_alive=30,
-        )
+            timeout_graceful_shutdown=config.server.shutdown_grace_s,  # type: ignore[arg-type]
+        ),
+        on_exit=gateway.begin_shutdown,
     )  # fmt: skip
     servers.append(main)
     tasks = [asyncio.create_task(_quietly(s.serve())) for s in servers[:-1]]
@@ -239,6 +317,22 @@ async def _main(
         for t in tasks:
             with contextlib.suppress(BaseException):
                 await t
+
+
+def _reload_on_sighup(gateway: Any) -> None:
+    """`kill -HUP <pid>` reloads the YAML config; a bad file is logged with the start-up
+    message and the running config stays."""
+    loop = asyncio.get_running_loop()
+
+    def reload() -> None:
+        try:
+            gateway.reload()
+        except ConfigError as exc:
+            log.error("config.reload.refused", extra=fields(error=str(exc)))
+            print(f"config error: {exc} (running config kept)", file=sys.stderr, flush=True)
+
+    with contextlib.suppress(NotImplementedError, RuntimeError):
+        loop.add_signal_handler(signal.SIGHUP, reload)
 
 
 def _dump_tasks_on_sigusr1() -> None:

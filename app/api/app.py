@@ -13,7 +13,18 @@ from starlette.exceptions import HTTPException
 from app import __version__
 from app.api.middleware import FastRoutes, RequestContextMiddleware
 from app.api.responses import JSONResponse, error_response
-from app.api.routes import admin, admin_tasks, audit, channels, edits, files, health, me, tasks
+from app.api.routes import (
+    admin,
+    admin_tasks,
+    audit,
+    channels,
+    edits,
+    files,
+    health,
+    me,
+    reload,
+    tasks,
+)
 from app.api.views import ErrorEnvelope
 from app.console import routes as console
 from app.core.config import GatewayConfig, Settings
@@ -77,7 +88,7 @@ def create_app(
         )
         return error_response(request, GatewayError(code, str(exc.detail), status=exc.status_code))
 
-    for module in (edits, files, health, me, tasks, admin, audit, admin_tasks, channels):
+    for module in (edits, files, health, me, tasks, admin, audit, admin_tasks, channels, reload):
         app.include_router(module.router)
     console.install(app)
     app.add_middleware(FastRoutes, routes=edits.FAST_ROUTES)

@@ -288,6 +288,12 @@ class TasksConfig(_Strict):
     shards: int = Field(8, ge=1, le=1024)  # Redis streams the queue is spread over
 
 
+class ServerConfig(_Strict):
+    # SIGTERM: stop accepting, let in-flight requests and running tasks finish this long, then
+    # hand the remaining task leases back and exit 0
+    shutdown_grace_s: float = Field(30, ge=0)
+
+
 class GatewayConfig(_Strict):
     upstreams: dict[str, UpstreamConfig]
     models: dict[str, ModelConfig]
@@ -301,6 +307,7 @@ class GatewayConfig(_Strict):
     callbacks: CallbacksConfig = CallbacksConfig()
     tasks: TasksConfig = TasksConfig()
     routing: RoutingConfig = RoutingConfig()
+    server: ServerConfig = ServerConfig()
 
     @model_validator(mode="after")
     def _references(self) -> GatewayConfig:

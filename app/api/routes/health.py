@@ -24,8 +24,9 @@ async def readyz(request: Request) -> JSONResponse:
         ok = await gw.store.ping()
     except Exception:
         ok = False
-    body = {"status": "ok" if ok else "unavailable", "store": ok, "models": len(gw.adapters)}
-    return JSONResponse(body, 200 if ok else 503)
+    status = "draining" if gw.draining else "ok" if ok else "unavailable"
+    body = {"status": status, "store": ok, "models": len(gw.adapters)}
+    return JSONResponse(body, 200 if ok and not gw.draining else 503)
 
 
 @router.get("/metrics", summary="Prometheus metrics")
