@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from app.adapters import build_adapters
+from app.core import tracing
 from app.core.config import GatewayConfig, Settings, load_config
 from app.core.logging import fields, get_logger
 from app.core.metrics import Metrics
@@ -85,7 +86,7 @@ class Gateway:
         self.data_dir = Path(settings.data_dir)
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.admin_key = ensure_admin_key(settings)
-        self.store: Store = open_store(settings.redis_url, self.data_dir)
+        self.store: Store = tracing.traced(open_store(settings.redis_url, self.data_dir), "store")
         self.adapters = build_adapters(self.config)
         self.channels = build_channels(self.config)
         self.caller = UpstreamCaller(self.channels, self.config.routing, self.metrics)
@@ -97,8 +98,9 @@ class Gateway:
         self.results = LocalResultStore(self.data_dir / "files", self.config.results.retention_s)
         self.meter = Meter(self.store, self.config, metrics=self.metrics)
         self.keys = KeyAdmin(self.store, set(self.config.models))
-        self.tasks: TaskQueue = open_task_queue(
-            settings.redis_url, self.data_dir, shards=self.config.tasks.shards
+        self.tasks: TaskQueue = tracing.traced(
+            open_task_queue(settings.redis_url, self.data_dir, shards=self.config.tasks.shards),
+            "tasks",
         )
         self.service = EditService(
             config=self.config,

@@ -19,6 +19,7 @@ from typing import Any
 
 import uvicorn
 
+from app.core import tracing
 from app.core.config import ConfigError, GatewayConfig, Settings, load_config
 from app.core.logging import fields, get_logger, quiet_info, setup_logging
 from app.core.memory import tune_malloc
@@ -282,6 +283,7 @@ async def _main(
         _announce_simulator(simulated, sim_url)
 
     _dump_tasks_on_sigusr1()
+    tracing.setup()
     gateway = Gateway(settings, config)
 
     def load() -> GatewayConfig:
@@ -317,6 +319,7 @@ async def _main(
         for t in tasks:
             with contextlib.suppress(BaseException):
                 await t
+        tracing.shutdown()
 
 
 def _reload_on_sighup(gateway: Any) -> None:
@@ -372,6 +375,7 @@ async def _work(settings: Settings, config: GatewayConfig) -> None:
 
     from app.gateway import Gateway
 
+    tracing.setup()
     gateway = Gateway(settings, config)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -383,3 +387,4 @@ async def _work(settings: Settings, config: GatewayConfig) -> None:
         await stop.wait()
     finally:
         await gateway.aclose()
+        tracing.shutdown()

@@ -11,7 +11,7 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
 
 from app import __version__
-from app.api.middleware import FastRoutes, RequestContextMiddleware
+from app.api.middleware import FastRoutes, RequestContextMiddleware, TracingMiddleware
 from app.api.responses import JSONResponse, error_response
 from app.api.routes import (
     admin,
@@ -27,6 +27,7 @@ from app.api.routes import (
 )
 from app.api.views import ErrorEnvelope
 from app.console import routes as console
+from app.core import tracing
 from app.core.config import GatewayConfig, Settings
 from app.core.errors import GatewayError
 from app.gateway import Gateway
@@ -92,5 +93,7 @@ def create_app(
         app.include_router(module.router)
     console.install(app)
     app.add_middleware(FastRoutes, routes=edits.FAST_ROUTES)
+    if tracing.enabled():  # off: not even a pass-through layer
+        app.add_middleware(TracingMiddleware)
     app.add_middleware(RequestContextMiddleware)  # added last: outermost of the two
     return app

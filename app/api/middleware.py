@@ -15,6 +15,7 @@ from typing import Any
 import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.core import tracing
 from app.core.errors import GatewayError, envelope
 from app.core.logging import fields, get_logger
 
@@ -67,6 +68,29 @@ class RequestContextMiddleware:
                         ms=round((time.perf_counter() - t0) * 1000, 2),
                     ),
                 )
+
+
+class TracingMiddleware:
+    """One OpenTelemetry server span per HTTP request (installed only when tracing is on)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        with tracing.server_span(scope["method"], scope["path"], scope["headers"]) as span:
+            trace_id = scope.get("state", {}).get("trace_id")
+            if trace_id:
+                span.set_attribute("imagegate.trace_id", trace_id)
+
+            async def send_traced(message: Message) -> None:
+                if message["type"] == "http.response.start":
+                    tracing.set_status(span, message["status"])
+                await send(message)
+
+            await self.app(scope, receive, send_traced)
 
 
 class FastRoutes:

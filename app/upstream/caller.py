@@ -31,6 +31,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from app.core import tracing
 from app.core.config import RoutingConfig
 from app.core.errors import GatewayError
 from app.upstream.channels import Channel, ChannelSet, Key
@@ -298,9 +299,13 @@ class UpstreamCaller:
         `_Failed` for what may be tried elsewhere, or the client's error at once."""
         try:
             url, headers = await self._prepare(channel, key, up, adapter)
-            resp = await channel.transport.send(
-                up.method, url, headers, up.body, self._timeout(channel, budget)
-            )
+            with tracing.attempt(
+                channel.name, adapter.model, budget.attempts, up.method, url
+            ) as span:
+                resp = await channel.transport.send(
+                    up.method, url, headers, up.body, self._timeout(channel, budget)
+                )
+                tracing.set_status(span, resp.status)
         except TransportTimeout:
             raise self._fail(channel, key, "timeout", _timeout_error(channel)) from None
         except TransportFailure as exc:
@@ -326,9 +331,18 @@ class UpstreamCaller:
         timeout = self._timeout(channel, budget)
         try:
             url, headers = await self._prepare(channel, key, up, adapter)
-            opened: UpstreamResponse | ByteStream = await stack.enter_async_context(
-                channel.transport.open(up.method, url, headers, up.body, timeout)
-            )
+            with tracing.attempt(
+                channel.name, adapter.model, budget.attempts, up.method, url
+            ) as span:
+                opened: UpstreamResponse | ByteStream = await stack.enter_async_context(
+                    channel.transport.open(up.method, url, headers, up.body, timeout)
+                )
+                tracing.set_status(
+                    span,
+                    opened.status
+                    if isinstance(opened, UpstreamResponse)
+                    else opened.response.status,
+                )
             if isinstance(opened, UpstreamResponse):
                 self._judge(channel, key, opened, adapter)  # raises: not a 2xx
                 raise AssertionError("unreachable")  # pragma: no cover
