@@ -5,7 +5,8 @@ processor and the OTLP/HTTP exporter, which reads the standard `OTEL_*` variable
 (endpoint, headers, timeout, `OTEL_SERVICE_NAME`, `OTEL_BSP_*`). A request then gives:
 
     POST /v1/images/edits            server span; an incoming `traceparent` is continued
-      store.admit / store.settle ... one span per store call (and task-queue call)
+      store.admit / store.settle ... one span per store call (and task-queue call) made
+                                     within a request
       upstream.attempt               one client span per upstream attempt: channel, model,
                                      attempt number, status code
 
@@ -22,7 +23,7 @@ import inspect
 import os
 from typing import Any, TypeVar
 
-from opentelemetry.trace import SpanKind, Status, StatusCode, Tracer
+from opentelemetry.trace import SpanKind, Status, StatusCode, Tracer, get_current_span
 
 T = TypeVar("T")
 
@@ -111,7 +112,8 @@ def set_status(span: Any, status: int) -> None:
 
 # --- store calls
 class _Traced:
-    """Wraps an object so each of its coroutine methods runs in a span `<prefix>.<name>`."""
+    """Wraps an object so each of its coroutine methods, called within a trace (a request),
+    runs in a span `<prefix>.<name>`."""
 
     def __init__(self, inner: Any, prefix: str) -> None:
         self._inner = inner
@@ -125,7 +127,10 @@ class _Traced:
 
         @functools.wraps(value)
         async def traced(*args: Any, **kwargs: Any) -> Any:
-            assert _tracer is not None
+            # Only inside a trace: idle workers polling the queue would otherwise make a
+            # root span every second.
+            if _tracer is None or not get_current_span().is_recording():
+                return await value(*args, **kwargs)
             with _tracer.start_as_current_span(span_name, kind=SpanKind.CLIENT):
                 return await value(*args, **kwargs)
 
