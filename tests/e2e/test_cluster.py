@@ -20,7 +20,7 @@ import pytest
 
 from app.store.base import hash_secret
 from app.tasks.redis_queue import shard_tags
-from tests.e2e.test_metering import ADMIN, PNG, Pair, _fire
+from tests.e2e.test_metering import ADMIN, Pair, _fire, queue_edit
 from tests.support.receiver import receiver
 from tests.support.redis_cluster import RedisCluster
 
@@ -52,15 +52,7 @@ def test_queue_streams_and_records_spread_over_masters(
     with receiver() as rx:
         ids = []
         for i in range(12):
-            r = httpx.post(
-                cpair.gateways[i % 2].url + "/v1/images/edits",
-                headers={"authorization": f"Bearer {key['key']}"},
-                data={"model": "nano-banana", "prompt": "a leaf", "callback_url": rx.url},
-                files={"image": ("a.png", PNG, "image/png")},
-                timeout=30,
-            )
-            assert r.status_code == 200, r.text
-            ids.append(r.json()["task_id"])
+            ids.append(queue_edit(cpair.gateways[i % 2].url, key["key"], rx.url))
         got = {json.loads(d.body)["task_id"] for d in rx.wait_for(12, timeout=60)}
     assert got == set(ids)
     with_streams = [i for i in range(3) if redis_cluster.keys_on(i, "ig:{q*}:stream")]

@@ -83,6 +83,19 @@ def pair(request: pytest.FixtureRequest) -> Iterator[Pair]:
         p.close()
 
 
+def queue_edit(url: str, key: str, callback_url: str) -> str:
+    """One nano-banana edit with a callback through the gateway at `url`: its task id."""
+    r = httpx.post(
+        url + "/v1/images/edits",
+        headers={"authorization": f"Bearer {key}"},
+        data={"model": "nano-banana", "prompt": "a leaf", "callback_url": callback_url},
+        files={"image": ("a.png", PNG, "image/png")},
+        timeout=30,
+    )
+    assert r.status_code == 200, r.text
+    return str(r.json()["task_id"])
+
+
 async def _fire(
     urls: list[str], key: str, n: int, model: str = "nano-banana", **data: str
 ) -> list[httpx.Response]:

@@ -18,7 +18,7 @@ import yaml
 
 from app.simulator import create_simulator_app
 from app.tasks.redis_queue import RedisTaskQueue
-from tests.e2e.test_metering import ADMIN, ADMIN_KEY, PNG, _fire
+from tests.e2e.test_metering import ADMIN, ADMIN_KEY, _fire, queue_edit
 from tests.support.net import ThreadedServer
 from tests.support.procs import GatewayProcess, write_config
 from tests.support.receiver import receiver
@@ -106,17 +106,7 @@ def test_sigterm_hands_task_leases_back(tmp_path: Path, redis_server: RedisServe
     try:
         with receiver() as rx:
             key = _key(first.url, credits=10, max_concurrency=10)
-            ids = []
-            for _ in range(2):
-                r = httpx.post(
-                    first.url + "/v1/images/edits",
-                    headers={"authorization": f"Bearer {key['key']}"},
-                    data={"model": "nano-banana", "prompt": "a leaf", "callback_url": rx.url},
-                    files={"image": ("a.png", PNG, "image/png")},
-                    timeout=30,
-                )
-                assert r.status_code == 200, r.text
-                ids.append(r.json()["task_id"])
+            ids = [queue_edit(first.url, key["key"], rx.url) for _ in range(2)]
             _wait_sim(sim, 2)  # both tasks are running on the first replica
             assert first.proc is not None
             first.proc.send_signal(signal.SIGTERM)
