@@ -18,8 +18,11 @@ from app.store.base import UsageRecord
 from app.store.redis_store import RedisStore
 from app.store.redis_url import parse_redis_url
 from app.store.resp import RespClient, RespCluster, fast_client
+from app.tasks.base import Task
+from app.tasks.redis_queue import RedisTaskQueue
 from tests.store.conftest import T0, make_key
 from tests.support.net import free_port
+from tests.support.redis_cluster import RedisCluster
 
 
 def test_single_server_urls() -> None:
@@ -131,3 +134,38 @@ async def test_store_over_tls(tls_redis: tuple[int, Path]) -> None:
                               now=T0, hold_s=60)  # fmt: skip
     finally:
         await wrong.close()
+
+
+async def test_store_and_queue_on_a_tls_cluster(tmp_path: Path) -> None:
+    """`rediss+cluster://`: TLS to every node, for the lean client and redis-py alike."""
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1", "localhost")
+    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    cert.cert_chain_pems[0].write_to_path(str(tmp_path / "cert.pem"))
+    cert.private_key_pem.write_to_path(str(tmp_path / "key.pem"))
+    cluster = RedisCluster(tls_dir=tmp_path).start()
+    store = RedisStore(cluster.url)
+    queue = RedisTaskQueue.from_url(cluster.url)
+    try:
+        assert cluster.url.startswith("rediss+cluster://")
+        assert isinstance(store._fast, RespCluster)
+        for i in range(6):  # keys on several masters
+            await store.create_key(make_key(f"k{i}", balance=1000))
+            adm = await store.admit(f"k{i}", reservation_id=f"r{i}", cost=100, rpm=10,
+                                    max_concurrency=2, now=T0, hold_s=60)  # fmt: skip
+            assert adm.status == "ok"
+            rec = UsageRecord(reservation_id=f"r{i}", key_id=f"k{i}", model="m",
+                              size_tier="request", images=1, credits=100, reserved=100,
+                              task_id=f"r{i}", trace_id="t", status="succeeded", latency_ms=1,
+                              created_at=T0)  # fmt: skip
+            assert await store.settle(f"r{i}", f"k{i}", 100, rec)
+        assert {(await store.get_key(f"k{i}")).balance for i in range(6)} == {900}  # type: ignore[union-attr]
+        assert len({cluster.node_of(f"ig:{{k{i}}}:key") for i in range(6)}) >= 2
+        task = Task(id="t-tls", key_id="k0", trace_id="t", model="m", created=T0)
+        await queue.enqueue(task, b"payload")
+        claimed = await queue.claim("w", lease_s=30, now=T0)
+        assert claimed is not None and claimed.payload == b"payload"
+    finally:
+        await queue.close()
+        await store.close()
+        cluster.cleanup()

@@ -22,7 +22,9 @@ NODE_TIMEOUT_MS = 1000
 
 
 class RedisCluster:
-    def __init__(self, masters: int = 3) -> None:
+    def __init__(self, masters: int = 3, *, tls_dir: Path | None = None) -> None:
+        """`tls_dir` (holding ca.pem, cert.pem, key.pem for 127.0.0.1): the nodes speak TLS
+        only, the cluster bus too; `url` is then `rediss+cluster://...`."""
         exe = shutil.which("redis-server")
         cli = shutil.which("redis-cli")
         if exe is None or cli is None:
@@ -33,11 +35,20 @@ class RedisCluster:
         # the cluster bus port: by default port + 10000, which a high free port overflows
         self.bus_ports = [free_port() for _ in range(masters)]
         self.procs: list[subprocess.Popen[bytes] | None] = [None] * masters
+        self.tls_dir = tls_dir
+
+    def _client(self, port: int, **kwargs: object) -> redis.Redis:
+        if self.tls_dir is not None:
+            kwargs.update(ssl=True, ssl_ca_certs=str(self.tls_dir / "ca.pem"))
+        return redis.Redis(host="127.0.0.1", port=port, **kwargs)  # type: ignore[arg-type]
 
     @property
     def url(self) -> str:
         """The seed-node URL the gateway takes (two of the three nodes: seeds need not be all)."""
-        return "redis+cluster://" + ",".join(f"127.0.0.1:{p}" for p in self.ports[:2])
+        nodes = ",".join(f"127.0.0.1:{p}" for p in self.ports[:2])
+        if self.tls_dir is not None:
+            return f"rediss+cluster://{nodes}?ssl_ca_certs={self.tls_dir / 'ca.pem'}"
+        return "redis+cluster://" + nodes
 
     def _dir(self, i: int) -> Path:
         d = self.root / str(self.ports[i])
@@ -56,8 +67,16 @@ class RedisCluster:
             "--save", "", "--appendonly", "yes", "--appendfsync", "always",
             "--daemonize", "no", "--logfile", str(d / "redis.log"),
         ]  # fmt: skip
+        if self.tls_dir is not None:
+            t = self.tls_dir
+            args[1:3] = ["--port", "0", "--tls-port", str(self.ports[i])]
+            args += [
+                "--tls-cert-file", str(t / "cert.pem"), "--tls-key-file", str(t / "key.pem"),
+                "--tls-ca-cert-file", str(t / "ca.pem"), "--tls-auth-clients", "no",
+                "--tls-cluster", "yes",
+            ]  # fmt: skip
         self.procs[i] = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        client = redis.Redis(host="127.0.0.1", port=self.ports[i], socket_timeout=0.5)
+        client = self._client(self.ports[i], socket_timeout=0.5)
         deadline = time.monotonic() + 10
         try:
             while True:
@@ -76,8 +95,9 @@ class RedisCluster:
     def start(self) -> RedisCluster:
         for i in range(len(self.ports)):
             self._spawn(i)
+        tls = ["--tls", "--cacert", str(self.tls_dir / "ca.pem")] if self.tls_dir else []
         subprocess.run(
-            [self.cli, "--cluster", "create", *(f"127.0.0.1:{p}" for p in self.ports),
+            [self.cli, *tls, "--cluster", "create", *(f"127.0.0.1:{p}" for p in self.ports),
              "--cluster-replicas", "0", "--cluster-yes"],
             check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=60,
         )  # fmt: skip
@@ -90,7 +110,7 @@ class RedisCluster:
         for i, port in enumerate(self.ports):
             if self.procs[i] is None or self.procs[i].poll() is not None:  # type: ignore[union-attr]
                 continue
-            client = redis.Redis(host="127.0.0.1", port=port, socket_timeout=1)
+            client = self._client(port, socket_timeout=1)
             try:
                 while True:
                     try:
@@ -108,7 +128,7 @@ class RedisCluster:
 
     def node_of(self, key: str) -> int:
         """Index of the master that holds `key`'s slot."""
-        client = redis.Redis(host="127.0.0.1", port=self.ports[0])
+        client = self._client(self.ports[0])
         try:
             slot = int(client.execute_command("CLUSTER", "KEYSLOT", key))
             for lo, hi, primary, *_ in client.execute_command("CLUSTER", "SLOTS"):
@@ -119,7 +139,7 @@ class RedisCluster:
         raise LookupError(key)
 
     def keys_on(self, i: int, pattern: str = "*") -> list[str]:
-        client = redis.Redis(host="127.0.0.1", port=self.ports[i], decode_responses=True)
+        client = self._client(self.ports[i], decode_responses=True)
         try:
             return sorted(str(k) for k in client.scan_iter(match=pattern, count=1000))
         finally:
@@ -129,7 +149,7 @@ class RedisCluster:
         for i, port in enumerate(self.ports):
             if self.procs[i] is None or self.procs[i].poll() is not None:  # type: ignore[union-attr]
                 continue
-            client = redis.Redis(host="127.0.0.1", port=port)
+            client = self._client(port)
             try:
                 client.flushall()
             finally:
