@@ -1,6 +1,6 @@
 """What tracing costs when `OTEL_EXPORTER_OTLP_ENDPOINT` is unset: the calls that stay in the
-hot path (`note_model`, `attempt`, `set_status` per upstream attempt) against the same loop
-without them. The server middleware and the store wrapper are not installed when off.
+hot path (`attempt` and `set_status` per upstream attempt) against the same loop without them.
+The server middleware and the store wrapper are not installed when off.
 
     python -m bench.tracing_overhead
 """
@@ -27,8 +27,8 @@ def bare() -> float:
 def with_calls() -> float:
     t0 = time.perf_counter()
     for i in range(N):
-        tracing.note_model("gpt-image-1")
-        with tracing.attempt("openai", 1, "POST", "http://upstream/v1/images/edits") as span:
+        url = "http://upstream/v1/images/edits"
+        with tracing.attempt("openai", "gpt-image-1", 1, "POST", url) as span:
             status = 200 + (i & 1)
         tracing.set_status(span, status)
     return (time.perf_counter() - t0) / N

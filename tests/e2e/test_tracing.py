@@ -133,4 +133,5 @@ def test_no_endpoint_no_tracing(tmp_path: Path) -> None:
     app = create_app(settings, gw.config, gateway=gw)
     assert all(m.cls is not TracingMiddleware for m in app.user_middleware)
     assert type(gw.store).__name__ == "SQLiteStore"
-    assert tracing.attempt("openai", 1, "POST", "http://x") is tracing.attempt("a", 2, "GET", "y")
+    off = tracing.attempt("openai", "gpt-image-1", 1, "POST", "http://x")
+    assert off is tracing.attempt("a", "m", 2, "GET", "y")  # one shared no-op
