@@ -73,6 +73,8 @@ async def test_killed_worker_task_is_rerun_and_charged_once(
     The charge is read back from the real metering store of the same backend."""
     queue_a, queue_b = make_queue(), make_queue()  # two "processes"
     redis = isinstance(queue_a, RedisTaskQueue)
+    if redis:  # (the queue may be on the cluster; the store here is the single server)
+        redis_server.flushall()
     store = RedisStore(redis_server.url) if redis else SQLiteStore(tmp_path / "store.db")
     config = load_config(Settings())
     meter = Meter(store, config)
