@@ -1,4 +1,4 @@
-"""dall-e-2 → OpenAI `POST /images/edits` (multipart).
+"""dall-e-2 → OpenAI `POST /images/edits` (multipart) and `POST /images/generations` (JSON).
 
 dall-e-2 is the legacy model with its own rules: exactly one square PNG under 4 MB, native `n`,
 three sizes, 1000-char prompts. GPT-only fields are refused with a 400 naming the field rather
@@ -21,6 +21,7 @@ from app.adapters.openai_common import (
     check_ref_count,
     image_param,
     openai_edit_request,
+    openai_generation_request,
 )
 from app.core.errors import bad_request
 
@@ -70,7 +71,7 @@ class DallE2Adapter(OpenAIImages):
                 raise bad_request(f"{field} is not supported by {self.model}", field)
         if req.stream:
             raise bad_request(f"stream is not supported by {self.model}", "stream")
-        check_ref_count(req, 1, self.model)
+        check_ref_count(req, 1, self.model)  # generations have none
         check_int_range(req.n, 1, 10, "n")
         check_choice(req.size, SIZES, "size")
         check_choice(req.quality, QUALITIES, "quality")
@@ -106,4 +107,7 @@ class DallE2Adapter(OpenAIImages):
     def build(
         self, req: EditRequest, model_id: str, *, trace_id: str, stream: bool = False
     ) -> UpstreamRequest:
-        return openai_edit_request(self.fields(req, model_id), req, model_id, trace_id, False)
+        fields = self.fields(req, model_id)
+        if req.operation == "generate":
+            return openai_generation_request(fields, model_id, trace_id, False)
+        return openai_edit_request(fields, req, model_id, trace_id, False)

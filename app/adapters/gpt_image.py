@@ -1,4 +1,5 @@
-"""GPT Image models (gpt-image-1, -1-mini, -1.5, -2) → OpenAI `POST /images/edits` (multipart).
+"""GPT Image models (gpt-image-1, -1-mini, -1.5, -2) → OpenAI `POST /images/edits` (multipart)
+and `POST /images/generations` (JSON, the same fields less the image ones).
 
 What differs per model is decided from the model names (gateway name or upstream id), so an
 operator may add e.g. `gpt-image-2-2026-04-21` as a config entry and get gpt-image-2's rules:
@@ -25,6 +26,7 @@ from app.adapters.openai_common import (
     check_ref_count,
     image_param,
     openai_edit_request,
+    openai_generation_request,
 )
 from app.core.errors import bad_request, too_large
 
@@ -188,4 +190,6 @@ class GptImageAdapter(OpenAIImages):
         self, req: EditRequest, model_id: str, *, trace_id: str, stream: bool = False
     ) -> UpstreamRequest:
         fields = self.fields(req, model_id, streaming=stream)
+        if req.operation == "generate":
+            return openai_generation_request(fields, model_id, trace_id, stream)
         return openai_edit_request(fields, req, model_id, trace_id, stream)

@@ -1,6 +1,7 @@
 """Nano Banana models (Gemini image models) → Gemini `POST /models/{id}:generateContent`.
 
-Only `model`, `prompt` and `image` are used (docs/API.md, "Models") and every other field is ignored
+A generation is the same call with the prompt as the only part. Only `model`, `prompt` and
+`image` are used (docs/API.md, "Models") and every other field is ignored
 without an error, so `check_fields` returns a request with those fields cleared: nothing
 downstream can mistake an ignored `n`, `size`, `mask` or `stream` for something honoured, the mask
 is never fetched, and `response_format` is pinned to `url` (nano-banana always answers URLs).

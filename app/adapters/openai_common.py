@@ -15,6 +15,8 @@ import time
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
+import orjson
+
 from app.core.errors import GatewayError, bad_request
 from app.domain.edit import EditOutput, EditRequest, GeneratedImage, Image
 from app.upstream.hints import parse_retry_after
@@ -281,6 +283,28 @@ def openai_edit_request(
     return UpstreamRequest("images/edits", model_id, pieces, headers, stream=stream)
 
 
+_JSON_INTS = frozenset({"n", "output_compression", "partial_images"})
+
+
+def openai_generation_request(
+    fields: list[tuple[str, str]], model_id: str, trace_id: str, stream: bool
+) -> UpstreamRequest:
+    """The one OpenAI `images/generations` request (JSON, OpenAI and Azure channels alike),
+    from the same field selection the model's edits use, with JSON types restored."""
+    body: dict[str, Any] = {}
+    for name, value in fields:
+        if name in _JSON_INTS:
+            body[name] = int(value)
+        elif name == "stream":
+            body[name] = value == "true"
+        else:
+            body[name] = value
+    headers = {"content-type": "application/json", "x-client-request-id": trace_id}
+    return UpstreamRequest(
+        "images/generations", model_id, orjson.dumps(body), headers, stream=stream
+    )
+
+
 class OpenAIImages:
     """What gpt-image and dall-e-2 share: the answer, the errors and the stream events."""
 
@@ -293,7 +317,8 @@ class OpenAIImages:
         return map_openai_error(resp)
 
     def event(self, name: str, data: dict[str, Any]) -> dict[str, Any]:
-        """Relay `image_edit.partial_image` / `image_edit.completed`; an error event raises."""
+        """Relay `image_edit.*` / `image_generation.*` (partial_image, completed) events; an
+        error event raises."""
         if name == "error" or "error" in data:
             nested = data.get("error")
             err: dict[str, Any] = nested if isinstance(nested, dict) else data

@@ -1,5 +1,8 @@
 """Request bodies (multipart or JSON) normalized into one typed `EditRequest`.
 
+Edits arrive as multipart or JSON; generations as JSON only, with the same scalar fields but no
+images, mask or `input_fidelity` (those are unknown parameters there, a 400 like any other).
+
 The bodies and limits users see are documented in docs/API.md.
 
 This is the gateway's hot path, so it is built around three rules:
@@ -34,9 +37,14 @@ from app.api.multipart import (
 )
 from app.core.config import LimitsConfig
 from app.core.errors import GatewayError, bad_request, too_large
-from app.domain.edit import BodyKind, EditRequest, ImageRef
+from app.domain.edit import BodyKind, EditRequest, ImageRef, Operation
 
-__all__ = ["MAX_PROMPT_CHARS", "MAX_TEXT_PART_BYTES", "parse_edit_body"]
+__all__ = [
+    "MAX_PROMPT_CHARS",
+    "MAX_TEXT_PART_BYTES",
+    "parse_edit_body",
+    "parse_generation_body",
+]
 
 MAX_PROMPT_CHARS: Final = 32000
 # A prompt of 32000 characters is at most 4 bytes per character in UTF-8.
@@ -63,6 +71,8 @@ _STR_FIELDS: Final = frozenset(
 _INT_FIELDS: Final = frozenset({"n", "output_compression", "partial_images"})
 _BOOL_FIELDS: Final = frozenset({"stream"})
 _SCALAR_FIELDS: Final = _STR_FIELDS | _INT_FIELDS | _BOOL_FIELDS | {"prompt"}
+# Edit-only parameters: a generation has no image inputs, and input fidelity is about them.
+_EDIT_ONLY: Final = frozenset({"image", "images", "mask", "input_fidelity"})
 
 _TRUE: Final = frozenset({"true", "1"})
 _FALSE: Final = frozenset({"false", "0"})
@@ -101,6 +111,21 @@ async def parse_edit_body(
     if mime == "application/json":
         return await _parse_json(chunks, limits, default_model)
     raise bad_request(CONTENT_TYPE_MESSAGE)
+
+
+async def parse_generation_body(
+    content_type: str | None,
+    chunks: AsyncIterator[bytes],
+    limits: LimitsConfig,
+    *,
+    default_model: str | None,
+) -> EditRequest:
+    """Read a generation body (JSON only, as OpenAI's) into an `EditRequest` with
+    `operation="generate"` and no images; the errors are those of `parse_edit_body`."""
+    mime, _ = _parse_content_type(content_type)
+    if mime != "application/json":
+        raise bad_request("Content-Type must be application/json")
+    return await _parse_json(chunks, limits, default_model, "generate")
 
 
 def _parse_content_type(value: str | None) -> tuple[str, dict[bytes, bytes]]:
@@ -185,6 +210,7 @@ def _build(
     mask: ImageRef | None,
     body_kind: BodyKind,
     default_model: str | None,
+    operation: Operation = "edit",
 ) -> EditRequest:
     prompt = fields.pop("prompt", None)
     if prompt is None:
@@ -193,7 +219,7 @@ def _build(
         raise bad_request("prompt must not be empty", "prompt")
     if len(prompt) > MAX_PROMPT_CHARS:
         raise _prompt_too_long()
-    if not images:
+    if not images and operation == "edit":
         raise bad_request("image is required", "image")
     model = fields.pop("model", None) or default_model
     if model is None:
@@ -204,6 +230,7 @@ def _build(
         image_refs=images,
         body_kind=body_kind,
         mask_ref=mask,
+        operation=operation,
         **fields,
     )
 
@@ -503,7 +530,10 @@ async def _parse_multipart(
 
 
 async def _parse_json(
-    chunks: AsyncIterator[bytes], limits: LimitsConfig, default_model: str | None
+    chunks: AsyncIterator[bytes],
+    limits: LimitsConfig,
+    default_model: str | None,
+    operation: Operation = "edit",
 ) -> EditRequest:
     cap = limits.max_json_bytes
     pieces: list[bytes] = []
@@ -525,7 +555,10 @@ async def _parse_json(
     images: list[ImageRef] | None = None
     mask: ImageRef | None = None
     seen_images_key: str | None = None
+    generate = operation == "generate"
     for key, value in doc.items():
+        if generate and key in _EDIT_ONLY:
+            raise _unknown(key)
         if key in _SCALAR_FIELDS:
             _set_json_scalar(key, value, fields)
         elif key in ("image", "images"):
@@ -540,7 +573,7 @@ async def _parse_json(
                 mask = _json_ref(value, "mask")
         else:
             raise _unknown(key)
-    return _build(fields, images or [], mask, "json", default_model)
+    return _build(fields, images or [], mask, "json", default_model, operation)
 
 
 def _set_json_scalar(name: str, value: object, out: dict[str, Any]) -> None:

@@ -1,4 +1,7 @@
-"""The one typed edit request every body form is normalized into, and what adapters return.
+"""The one typed image request every body form is normalized into, and what adapters return.
+
+Edits and generations share it: `operation` says which (`edit` carries image inputs,
+`generate` has none), so auth, metering, channels, tasks and callbacks are one flow.
 
 Flow: the HTTP layer parses multipart or JSON into an `EditRequest` whose images are still
 `ImageRef`s (bytes of an upload, or a URL / data URL). The adapter checks the fields, the media
@@ -12,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 BodyKind = Literal["multipart", "json"]
+Operation = Literal["edit", "generate"]
 
 EXT_BY_MIME = {"image/png": "png", "image/jpeg": "jpeg", "image/webp": "webp"}
 
@@ -42,7 +46,7 @@ class Image:
 
 @dataclass(slots=True)
 class EditRequest:
-    """A client's edit request in one typed shape, whatever body it arrived in.
+    """A client's edit or generation request in one typed shape, whatever body it arrived in.
 
     Optional fields are `None` when the client did not send them, so adapters can tell
     "omitted" from "given" and forward only what was given.
@@ -66,6 +70,7 @@ class EditRequest:
     stream: bool = False
     partial_images: int | None = None
     callback_url: str | None = None
+    operation: Operation = "edit"  # "generate": no image inputs, the upstream's generation call
     # Filled by the media layer once the refs are fetched/decoded and sniffed.
     images: list[Image] = field(default_factory=list)
     mask: Image | None = None

@@ -302,11 +302,12 @@ class Meter:
         quote: Quote,
         trace_id: str,
         hold_s: float | None = None,
+        operation: str = "edit",
     ) -> Hold:
         """The hold of a reservation made earlier (a queued task's, made at submit time)."""
         return Hold(
             self, reservation_id, key_id, model, quote, trace_id, self.clock(),
-            remember_s=REMEMBER_CHARGED_S, hold_s=hold_s,
+            remember_s=REMEMBER_CHARGED_S, hold_s=hold_s, operation=operation,
         )  # fmt: skip
 
     def _meta(

@@ -79,8 +79,9 @@ class EditService:
         req = adapter.check_fields(req)  # model rules, before any image is fetched
         if req.callback_url is not None:
             await self.fetcher.check_url(req.callback_url, param="callback_url")
-        await resolve_images(req, self.fetcher, self.config.limits)
-        adapter.check_images(req)
+        if req.operation == "edit":  # a generation has no image inputs
+            await resolve_images(req, self.fetcher, self.config.limits)
+            adapter.check_images(req)
         images = (req.n or 1) if adapter.native_n else 1
         price = quote(self.config.models[req.model], req.size, images)
         return Prepared(adapter, req, price, self._response_format(adapter, req))
@@ -93,6 +94,8 @@ class EditService:
             return req.response_format
         if adapter.default_response_format:
             return adapter.default_response_format
+        if req.operation == "generate":
+            return "b64_json"  # what OpenAI's generations answer and the SDK reads
         # What each client expects: the OpenAI SDK (multipart) reads b64_json, the seed's
         # JSON server pipeline reads url.
         return "b64_json" if req.body_kind == "multipart" else "url"
@@ -139,6 +142,7 @@ class EditService:
             reservation_id=task_id,
             trace_id=ctx.trace_id,
             hold_s=hold_s,
+            operation=prep.req.operation,
         )  # 402 / 429 / 503 are counted by the meter
         if queued:
             async with hold:
@@ -218,7 +222,7 @@ class EditService:
         hold_s = self.config.metering.reservation_ttl_s + self.config.tasks.lease_s
         hold = self.meter.hold(
             reservation_id=task.id, key_id=task.key_id, model=req.model, quote=quote_,
-            trace_id=task.trace_id, hold_s=hold_s,
+            trace_id=task.trace_id, hold_s=hold_s, operation=req.operation,
         )  # fmt: skip
         try:
             async with hold:

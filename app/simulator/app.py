@@ -53,8 +53,10 @@ def create_simulator_app(
                 "vertex_base_url": f"{base}/v1",
                 "endpoints": [
                     "POST /v1/images/edits",
+                    "POST /v1/images/generations",
                     "POST /v1beta/models/{model}:generateContent",
                     "POST /openai/deployments/{deployment}/images/edits?api-version=...",
+                    "POST /openai/deployments/{deployment}/images/generations?api-version=...",
                     "POST /v1/publishers/google/models/{model}:generateContent",
                     "POST /v1/projects/{p}/locations/{l}/publishers/google/models/{model}:"
                     "generateContent",

@@ -1,8 +1,9 @@
 """The cloud forms of the same two APIs: Azure OpenAI deployments and Vertex AI, plus the
 OAuth2 token endpoint a Google service account talks to.
 
-- Azure: `POST /openai/deployments/{deployment}/images/edits?api-version=...` with header
-  `api-key` (a Bearer header is not accepted here); the body is OpenAI's multipart. Without
+- Azure: `POST /openai/deployments/{deployment}/images/{edits|generations}?api-version=...`
+  with header `api-key` (a Bearer header is not accepted here); the body is OpenAI's (multipart
+  or JSON for edits, JSON for generations). Without
   `api-version` Azure answers 404 "Resource not found".
 - Vertex express (API key): `POST /{v1|v1beta1}/publishers/google/models/{id}:generateContent`,
   header `x-goog-api-key`. Service account: `.../projects/{p}/locations/{l}/publishers/google/
@@ -87,11 +88,19 @@ def routes(ctx: SimContext) -> list[Route]:
     state = ctx.state
 
     async def azure_edits(request: Request) -> Response:
+        return await azure(request, generation=False)
+
+    async def azure_generations(request: Request) -> Response:
+        return await azure(request, generation=True)
+
+    async def azure(request: Request, *, generation: bool) -> Response:
         record = begin_record(request, state, "azure-openai")
         try:
             if not request.query_params.get("api-version"):
                 raise openai_error(404, "Resource not found", code="404")
-            response = await openai_api.handle_edit(request, ctx, record, _azure_auth)
+            response = await openai_api.handle_edit(
+                request, ctx, record, _azure_auth, generation=generation
+            )
         except SimError as exc:
             response = exc.to_response()
         record_status(record, response)
@@ -143,6 +152,11 @@ def routes(ctx: SimContext) -> list[Route]:
     ]
     return [
         Route("/openai/deployments/{deployment}/images/edits", azure_edits, methods=["POST"]),
+        Route(
+            "/openai/deployments/{deployment}/images/generations",
+            azure_generations,
+            methods=["POST"],
+        ),
         *(Route(path, vertex, methods=["POST"]) for path in vertex_paths),
         Route("/token", token, methods=["POST"]),
     ]

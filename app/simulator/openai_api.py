@@ -1,9 +1,10 @@
-"""OpenAI `POST /v1/images/edits`: read, validate (see :mod:`openai_rules`), fault, answer.
+"""OpenAI `POST /v1/images/edits` and `/v1/images/generations`: read, validate (see
+:mod:`openai_rules`), fault, answer.
 
 Answers follow reference/upstream-protocols.md section 3: `ImagesResponse` with `usage`,
 `size`, `quality`, `output_format` and `background` for GPT image models; `url` results for
 dall-e-2 served from this app; SSE `image_edit.partial_image` / `image_edit.completed` events
-when `stream=true`.
+when `stream=true` (`image_generation.*` for generations).
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ from app.simulator.openai_rules import (
     Edit,
     InputImage,
     RawEdit,
+    parse_generation,
     parse_json,
     parse_multipart,
     validate,
@@ -100,7 +102,7 @@ def stream_usage(edit: Edit) -> dict[str, Any]:
 
 
 def _specs(edit: Edit, count: int, partials: int) -> list[RenderSpec]:
-    first = edit.images[0].info
+    first = edit.images[0].info if edit.images else None
     return [
         RenderSpec(
             source_sha256=first.sha256 if first else None,
@@ -118,7 +120,7 @@ def _specs(edit: Edit, count: int, partials: int) -> list[RenderSpec]:
 
 
 def _render_all(edit: Edit, count: int, partials: int = 0) -> list[Any]:
-    source = edit.images[0].data
+    source = edit.images[0].data if edit.images else None  # a generation draws from nothing
     try:
         return [render(source, spec) for spec in _specs(edit, count, partials)]
     except ImageDecodeError:
@@ -170,7 +172,9 @@ def _sse(event: str, payload: dict[str, Any]) -> bytes:
 def _stream_response(
     edit: Edit, rendered: list[Any], fault: Fault | None, delay: float
 ) -> StreamingResponse:
-    """`image_edit.partial_image` events then `image_edit.completed` (reference §3b)."""
+    """`image_edit.partial_image` events then `image_edit.completed` (reference §3b); a
+    generation's are `image_generation.*`."""
+    prefix = "image_generation" if edit.operation == "generate" else "image_edit"
     size = f"{edit.width}x{edit.height}"
     common = {
         "size": size,
@@ -187,9 +191,9 @@ def _stream_response(
                 if step:
                     await asyncio.sleep(step)
                 yield _sse(
-                    "image_edit.partial_image",
+                    f"{prefix}.partial_image",
                     {
-                        "type": "image_edit.partial_image",
+                        "type": f"{prefix}.partial_image",
                         "b64_json": base64.b64encode(partial).decode(),
                         "created_at": int(time.time()),
                         **common,
@@ -203,9 +207,9 @@ def _stream_response(
             if step:
                 await asyncio.sleep(step)
             yield _sse(
-                "image_edit.completed",
+                f"{prefix}.completed",
                 {
-                    "type": "image_edit.completed",
+                    "type": f"{prefix}.completed",
                     "b64_json": base64.b64encode(item.final).decode(),
                     "created_at": int(time.time()),
                     **common,
@@ -291,6 +295,36 @@ def _form_fields(parts: list[Part]) -> dict[str, Any]:
     return fields
 
 
+async def _read_json(request: Request, record: dict[str, Any]) -> Any:
+    data = await read_body(request)
+    if data is None:
+        raise openai_error(413, "Request entity too large.")
+    try:
+        body = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        raise bad_request(
+            "We could not parse the JSON body of your request. (HINT: This likely means you "
+            "aren't using your HTTP library correctly. The OpenAI API expects a JSON "
+            "payload, but what was sent was not valid JSON. If you have trouble figuring "
+            "out how to fix this, please contact us through our help center at "
+            "help.openai.com.)"
+        ) from None
+    record["json"] = await run_in_threadpool(summarize_json, body)
+    if isinstance(body, dict) and isinstance(body.get("model"), str):
+        record["model"] = body["model"]
+    return body
+
+
+async def _read_generation(request: Request, record: dict[str, Any]) -> RawEdit:
+    """A generation body: JSON only, as the real endpoint."""
+    content_type = request.headers.get("content-type", "")
+    if content_type.split(";", 1)[0].strip().lower() != "application/json":
+        raise bad_request(
+            f"Invalid Content-Type header ({content_type or 'none'}), expected application/json."
+        )
+    return parse_generation(await _read_json(request, record))
+
+
 async def _read(
     request: Request, record: dict[str, Any], check_auth: Callable[[Request], None]
 ) -> RawEdit:
@@ -315,22 +349,7 @@ async def _read(
         record["files"] = await run_in_threadpool(_describe_raw, raw)
         return raw
     if mime == "application/json":
-        data = await read_body(request)
-        if data is None:
-            raise openai_error(413, "Request entity too large.")
-        try:
-            body = orjson.loads(data)
-        except orjson.JSONDecodeError:
-            raise bad_request(
-                "We could not parse the JSON body of your request. (HINT: This likely means you "
-                "aren't using your HTTP library correctly. The OpenAI API expects a JSON "
-                "payload, but what was sent was not valid JSON. If you have trouble figuring "
-                "out how to fix this, please contact us through our help center at "
-                "help.openai.com.)"
-            ) from None
-        record["json"] = await run_in_threadpool(summarize_json, body)
-        if isinstance(body, dict) and isinstance(body.get("model"), str):
-            record["model"] = body["model"]
+        body = await _read_json(request, record)
         check_auth(request)  # before fetching any image_url on the caller's behalf
         raw = await parse_json(body)
         record["files"] = await run_in_threadpool(_describe_raw, raw)
@@ -350,20 +369,28 @@ async def handle_edit(
     ctx: SimContext,
     record: dict[str, Any],
     check_auth: Callable[[Request], None] = _check_auth,
+    *,
+    generation: bool = False,
 ) -> Response:
-    """The whole `POST /v1/images/edits` flow; raises SimError for error answers.
+    """The whole `POST /v1/images/edits` (or, with `generation`, `/v1/images/generations`)
+    flow; raises SimError for error answers.
 
     Faults apply only to requests that passed validation, so strictness errors always show and
     a queued fault is never used up by a request that would have failed anyway.
     """
-    try:
-        raw = await _read(request, record, check_auth)  # recorded even when refused
+    try:  # recorded even when refused
+        if generation:
+            raw = await _read_generation(request, record)
+        else:
+            raw = await _read(request, record, check_auth)
     except SimError:
         check_auth(request)  # a bad key wins over a bad body, as upstream checks it first
         raise
     check_auth(request)
     edit = await run_in_threadpool(
-        validate, raw, dalle2_require_alpha=ctx.state.dalle2_require_alpha
+        lambda: validate(
+            raw, dalle2_require_alpha=ctx.state.dalle2_require_alpha, generation=generation
+        )
     )
     record["model"] = edit.model
     fault = _pick_fault(ctx, edit)
@@ -403,10 +430,16 @@ async def handle_edit(
 
 def routes(ctx: SimContext) -> list[Route]:
     async def edits(request: Request) -> Response:
+        return await _serve(request, generation=False)
+
+    async def generations(request: Request) -> Response:
+        return await _serve(request, generation=True)
+
+    async def _serve(request: Request, *, generation: bool) -> Response:
         record = begin_record(request, ctx.state, "openai")
         started = time.perf_counter()
         try:
-            response = await handle_edit(request, ctx, record)
+            response = await handle_edit(request, ctx, record, generation=generation)
         except SimError as exc:
             response = exc.to_response()
         record_status(record, response)
@@ -424,5 +457,6 @@ def routes(ctx: SimContext) -> list[Route]:
 
     return [
         Route("/v1/images/edits", edits, methods=["POST"]),
+        Route("/v1/images/generations", generations, methods=["POST"]),
         Route("/v1/files/{name}", file, methods=["GET"]),
     ]

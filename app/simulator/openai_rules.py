@@ -1,4 +1,5 @@
-"""OpenAI images/edits request rules: structural parsing and per-model validation.
+"""OpenAI images/edits and images/generations request rules: structural parsing and
+per-model validation.
 
 :func:`parse_multipart` / :func:`parse_json` turn the wire format into a :class:`RawEdit`
 (unknown, duplicate or mistyped parameters are refused here), and :func:`validate` applies the
@@ -85,6 +86,25 @@ JSON_FIELDS = frozenset(
         "partial_images",
     }
 )
+#: `CreateImageRequest` (generations): JSON only, no images
+GENERATION_FIELDS = frozenset(
+    {
+        "model",
+        "prompt",
+        "n",
+        "quality",
+        "response_format",
+        "output_format",
+        "output_compression",
+        "stream",
+        "partial_images",
+        "size",
+        "moderation",
+        "background",
+        "style",
+        "user",
+    }
+)
 #: fields only GPT image models understand; sent to dall-e-2 they are refused
 GPT_ONLY_FIELDS = (
     "background",
@@ -168,6 +188,7 @@ class Edit:
     images: list[InputImage]
     mask: InputImage | None
     input_fidelity: str | None = None
+    operation: str = "edit"  # "generate": /images/generations, no input images
 
     @property
     def is_gpt(self) -> bool:
@@ -370,6 +391,21 @@ async def parse_json(body: Any) -> RawEdit:
         mask = await _image_ref("mask", body["mask"])
         mask.param = "mask"
     return RawEdit("json", values, images, mask, [f"images[{i}]" for i in range(len(images))])
+
+
+def parse_generation(body: Any) -> RawEdit:
+    """Structural checks on a generation body (`CreateImageRequest`): unknown keys refused."""
+    if not isinstance(body, dict):
+        raise bad_request(
+            "We could not parse the JSON body of your request. (HINT: This likely means you "
+            "aren't using your HTTP library correctly. The OpenAI API expects a JSON payload, "
+            "but what was sent was not valid JSON.)"
+        )
+    for key in body:
+        if key not in GENERATION_FIELDS:
+            raise _unknown(key)
+    values = {k: v for k, v in body.items() if v is not None}
+    return RawEdit("json", values, [])
 
 
 # --------------------------------------------------------------------------------------------
@@ -590,11 +626,17 @@ def _check_mask(mask: InputImage, first: ImageInfo, *, dalle: bool) -> None:
         )
 
 
-def validate(raw: RawEdit, *, dalle2_require_alpha: bool = True) -> Edit:
-    """Per-model rules; inspects every image (CPU: call it in a worker thread)."""
-    model = check_model(_string(raw, "model"))
+def validate(raw: RawEdit, *, dalle2_require_alpha: bool = True, generation: bool = False) -> Edit:
+    """Per-model rules; inspects every image (CPU: call it in a worker thread).
+
+    `generation`: the /images/generations rules -- no images, a missing model is dall-e-2 (the
+    API's documented default), `style` is dall-e-3's alone."""
+    given_model = _string(raw, "model")
+    model = DALLE2 if generation and given_model is None else check_model(given_model)
     dalle = model == DALLE2
-    if dalle and raw.form == "json":
+    if generation and raw.values.get("style") is not None:
+        raise _unsupported("style")
+    if dalle and raw.form == "json" and not generation:
         raise bad_request(
             "Invalid value: 'dall-e-2'. JSON image edits support GPT image models only; "
             "use multipart/form-data for dall-e-2.",
@@ -624,7 +666,7 @@ def validate(raw: RawEdit, *, dalle2_require_alpha: bool = True) -> Edit:
             param="prompt",
             code="string_above_max_length",
         )
-    if not raw.images:
+    if not raw.images and not generation:
         raise bad_request(
             f"Missing required parameter: '{image_param}'.",
             param=image_param,
@@ -691,8 +733,8 @@ def validate(raw: RawEdit, *, dalle2_require_alpha: bool = True) -> Edit:
     _string(raw, "user")
 
     infos = [_inspect(image, i, dalle=dalle) for i, image in enumerate(raw.images)]
-    first = infos[0]
-    if dalle:
+    first = infos[0] if infos else None
+    if first is not None and dalle:
         if first.width != first.height:
             raise bad_request(
                 f"Invalid input image - image must be square, got {first.width}x{first.height}.",
@@ -702,7 +744,7 @@ def validate(raw: RawEdit, *, dalle2_require_alpha: bool = True) -> Edit:
             raise bad_request(
                 f"Invalid input image - format must be in ['RGBA', 'LA', 'L'], got {first.mode}."
             )
-    if raw.mask is not None:
+    if raw.mask is not None and first is not None:
         _check_mask(raw.mask, first, dalle=dalle)
     if width == 0:
         width, height = auto_size(first)
@@ -723,4 +765,5 @@ def validate(raw: RawEdit, *, dalle2_require_alpha: bool = True) -> Edit:
         images=raw.images,
         mask=raw.mask,
         input_fidelity=fidelity,
+        operation="generate" if generation else "edit",
     )

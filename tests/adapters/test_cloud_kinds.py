@@ -55,6 +55,20 @@ async def test_azure_deployment_edit(sim: ThreadedServer) -> None:
     assert "api-key" in headers and "authorization" not in headers
 
 
+async def test_azure_deployment_generation(sim: ThreadedServer) -> None:
+    """A generation is the same OpenAI request with another action: the deployment path's
+    `images/generations`, JSON, `api-key` auth."""
+    gpt = GptImageAdapter("gpt-image-1", model_config("gpt-image", "gpt-image-1"))
+    a = on("azure-openai", sim.url, gpt, deployments={"gpt-image-1": "img-prod"})
+    req = make_req("gpt-image-1", images=[], operation="generate", body_kind="json")
+    out = await a.edit(gpt.check_fields(req), "t")
+    assert len(out.images) == 1
+    (rec,) = recorded(sim)
+    assert rec["path"] == "/openai/deployments/img-prod/images/generations"
+    assert rec["query"] == {"api-version": "2025-04-01-preview"} and rec["status"] == 200
+    assert rec["json"] == {"model": "gpt-image-1", "prompt": "make it blue"}
+
+
 async def test_azure_refuses_a_bearer_key(sim: ThreadedServer) -> None:
     """The simulator is strict: the OpenAI form of auth on an Azure path is a 401."""
     r = httpx.post(

@@ -1,4 +1,5 @@
-"""POST /v1/images/edits and /v1/openai/images/edits — one thin handler for both paths.
+"""POST /v1/images/edits and /v1/images/generations (and their /v1/openai/... twins) — one
+thin handler for every path; only the body parser differs per operation.
 
 Authenticate from the header before reading the body (an unknown caller never makes the
 gateway read 200 MB or fetch a URL), normalize the body, hand over to the edit service.
@@ -6,11 +7,13 @@ gateway read 200 MB or fetch a URL), normalize the body, hand over to the edit s
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
 from fastapi import APIRouter, Request
 from starlette.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-from app.api.body import parse_edit_body
+from app.api.body import parse_edit_body, parse_generation_body
 from app.api.deps import base_url, gateway
 from app.api.responses import JSONResponse, error_response, trace_id_of
 from app.core.errors import GatewayError, too_large
@@ -46,9 +49,25 @@ _BODY = {
         },
     }
 }
+_GEN_FIELDS = {k: v for k, v in _FIELDS.items() if k not in ("image", "mask", "input_fidelity")}
+_GEN_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {"application/json": {"schema": {"type": "object", "properties": _GEN_FIELDS}}},
+    }
+}
+_PARSERS = {"edit": parse_edit_body, "generate": parse_generation_body}
 
 
 async def edit_image(request: Request) -> Response:
+    return await _handle(request, "edit")
+
+
+async def generate_image(request: Request) -> Response:
+    return await _handle(request, "generate")
+
+
+async def _handle(request: Request, operation: str) -> Response:
     gw = gateway(request)
     key = await gw.meter.authenticate(request.headers.get("authorization"))
     declared = request.headers.get("content-length")
@@ -56,7 +75,7 @@ async def edit_image(request: Request) -> Response:
     if declared is not None and declared.isdigit() and int(declared) > limit:
         # Refuse before reading: the parser would stop at the limit anyway, but later.
         raise too_large(f"request body is larger than {limit} bytes")
-    req = await parse_edit_body(
+    req = await _PARSERS[operation](
         request.headers.get("content-type"),
         request.stream(),
         gw.config.limits,
@@ -75,18 +94,28 @@ async def edit_image(request: Request) -> Response:
     return JSONResponse(reply.body, headers=reply.headers)
 
 
-async def edit_asgi(scope: Scope, receive: Receive, send: Send) -> None:
+def _asgi(operation: str) -> Callable[[Scope, Receive, Send], Awaitable[None]]:
     """The same handler as a pure ASGI app, for `FastRoutes` (no framework layers)."""
-    request = Request(scope, receive)
-    try:
-        response = await edit_image(request)
-    except GatewayError as exc:
-        response = error_response(request, exc)
-    await response(scope, receive, send)
 
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        request = Request(scope, receive)
+        try:
+            response = await _handle(request, operation)
+        except GatewayError as exc:
+            response = error_response(request, exc)
+        await response(scope, receive, send)
+
+    return app
+
+
+edit_asgi = _asgi("edit")
+generate_asgi = _asgi("generate")
 
 PATHS = ("/v1/images/edits", "/v1/openai/images/edits")
-FAST_ROUTES = {("POST", path): edit_asgi for path in PATHS}
+GENERATION_PATHS = ("/v1/images/generations", "/v1/openai/images/generations")
+FAST_ROUTES = {("POST", path): edit_asgi for path in PATHS} | {
+    ("POST", path): generate_asgi for path in GENERATION_PATHS
+}
 
 for _path in PATHS:
     router.add_api_route(
@@ -95,5 +124,14 @@ for _path in PATHS:
         methods=["POST"],
         summary="Edit images (OpenAI-compatible)",
         openapi_extra=_BODY,
+        include_in_schema=True,
+    )
+for _path in GENERATION_PATHS:
+    router.add_api_route(
+        _path,
+        generate_image,
+        methods=["POST"],
+        summary="Generate images (OpenAI-compatible)",
+        openapi_extra=_GEN_BODY,
         include_in_schema=True,
     )
