@@ -117,6 +117,7 @@ class Filters:
     key_id: str = ""
     model: str = ""
     channel: str = ""
+    operation: str = ""  # "edit" | "generate" | "" (both)
     status: str = ""
     since: str = ""  # YYYY-MM-DD, inclusive
     until: str = ""  # YYYY-MM-DD, inclusive (the day is included)
@@ -127,6 +128,7 @@ class Filters:
             key_id=self.key_id or None,
             model=self.model or None,
             channel=self.channel or None,
+            operation=self.operation or None,
             status=self.status or None,
             since=_day(self.since),
             until=(_day(self.until) or 0) + 86400 if self.until else None,
@@ -142,6 +144,8 @@ class Filters:
             out["model"] = q.model
         if q.channel:
             out["channel"] = q.channel
+        if q.operation:
+            out["operation"] = q.operation
         if q.status:
             out["status"] = q.status
         if q.since is not None:

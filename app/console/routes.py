@@ -118,10 +118,12 @@ def _filters(request: Request) -> pages.Filters:
     except ValueError:
         page = 1
     status = q.get("status") or ""
+    operation = q.get("operation") or ""
     return pages.Filters(
         key_id=(q.get("key_id") or "").strip(),
         model=(q.get("model") or "").strip(),
         channel=(q.get("channel") or "").strip(),
+        operation=operation if operation in ("edit", "generate") else "",
         status=status if status in ("succeeded", "failed", "expired") else "",
         since=q.get("since") or "",
         until=q.get("until") or "",

@@ -351,6 +351,31 @@ def test_records_filter_and_paginate(
     assert page.locator("#results tbody tr").count() == 2
 
 
+def test_records_show_and_filter_the_operation(
+    new_page: Callable[..., Watched], cstack: Stack
+) -> None:
+    key = cstack.create_key(credits=10, rpm=10_000)
+    assert edit(cstack, key["key"]).status_code == 200
+    r = httpx.post(
+        cstack.url + "/v1/images/generations",
+        json={"model": "gpt-image-1", "prompt": "new"},
+        headers={"authorization": f"Bearer {key['key']}"},
+        timeout=30,
+    )
+    assert r.status_code == 200, r.text
+    w = new_page()
+    sign_in(w)
+    page = w.page
+    page.goto(f"/console/records?key_id={key['id']}")
+    cells = page.locator('#results tbody td[data-label="Operation"]').all_inner_texts()
+    assert sorted(cells) == ["edit", "generate"]
+    page.get_by_label("Operation").select_option("generate")
+    page.get_by_role("button", name="Apply").click()
+    page.wait_for_url(re.compile("operation=generate"))
+    cells = page.locator('#results tbody td[data-label="Operation"]').all_inner_texts()
+    assert cells == ["generate"]
+
+
 # --- tasks
 
 
