@@ -428,6 +428,29 @@ def test_channels_page_lists_the_configured_upstreams(
         assert name in table
 
 
+def test_channel_disable_and_enable(new_page: Callable[..., Watched], cstack: Stack) -> None:
+    admin = {"authorization": f"Bearer {ADMIN_KEY}"}
+    if "/admin/channels/{name}" not in httpx.get(cstack.url + "/openapi.json").json()["paths"]:
+        pytest.skip("this build has no channel admin API")
+    key = cstack.create_key(credits=10)
+    w = new_page()
+    sign_in(w)
+    page = w.page
+    page.get_by_role("link", name="Channels", exact=True).click()
+    row = page.locator('tr[data-channel="openai"]')
+    page.once("dialog", lambda d: d.accept())
+    row.get_by_role("button", name="Disable openai").click()
+    expect(row.locator(".badge").first).to_have_text("disabled")
+    w.shot("desktop-channels-disabled")
+    view = httpx.get(cstack.url + "/admin/channels", headers=admin).json()["data"]
+    assert [c["state"] for c in view if c["name"] == "openai"] == ["disabled"]
+    assert edit(cstack, key["key"]).status_code >= 500  # no channel left for gpt-image-1
+    assert cstack.balance(key["id"]) == 10  # refused, nothing charged
+    row.get_by_role("button", name="Enable openai").click()
+    expect(row.locator(".badge").first).not_to_have_text("disabled")
+    assert edit(cstack, key["key"]).status_code == 200
+
+
 # --- an API key's own page
 
 
