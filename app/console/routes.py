@@ -141,6 +141,33 @@ def _page_links(request: Request, f: pages.Filters, more: bool) -> dict[str, str
     return {"prev": prev, "next": at(f.page + 1) if more else None}
 
 
+async def _listing(
+    request: Request,
+    session: ConsoleSession,
+    template: str,
+    title: str,
+    f: pages.Filters,
+    data: dict[str, Any],
+    **extra: Any,
+) -> Response:
+    """A page with the filter form: key names, models and channels for its selects, and the
+    previous/next page links."""
+    gw = gateway(request)
+    return _render(
+        request,
+        template,
+        session,
+        title=title,
+        f=f,
+        names=await pages.key_names(gw),
+        models=sorted(gw.config.models),
+        channels=sorted(gw.config.upstreams),
+        links=_page_links(request, f, bool(data.get("more"))),
+        **data,
+        **extra,
+    )
+
+
 # --- sign-in
 
 
@@ -246,20 +273,10 @@ async def usage(request: Request) -> Response:
     group_by: GroupBy = raw if raw in GROUP_BYS else "day"  # type: ignore[assignment]
     data = await pages.usage(gw, f, group_by)
     csv = "/admin/usage/records?" + urlencode({**f.api_params(), "format": "csv", "limit": "10000"})
-    return _render(
-        request,
-        "usage.html",
-        session,
-        title="Usage",
-        f=f,
-        group_by=group_by,
-        group_bys=GROUP_BYS,
-        channels=sorted(gw.config.upstreams),
-        csv_url=csv,
-        models=sorted(gw.config.models),
-        names=await pages.key_names(gw),
-        **data,
-    )
+    return await _listing(
+        request, session, "usage.html", "Usage", f, data,
+        group_by=group_by, group_bys=GROUP_BYS, csv_url=csv,
+    )  # fmt: skip
 
 
 @router.get("/records")
@@ -270,18 +287,7 @@ async def records(request: Request) -> Response:
     gw = gateway(request)
     f = _filters(request)
     data = await pages.records(gw, f)
-    return _render(
-        request,
-        "records.html",
-        session,
-        title="Records",
-        f=f,
-        models=sorted(gw.config.models),
-        channels=sorted(gw.config.upstreams),
-        names=await pages.key_names(gw),
-        links=_page_links(request, f, data["more"]),
-        **data,
-    )
+    return await _listing(request, session, "records.html", "Records", f, data)
 
 
 @router.get("/tasks")
@@ -292,16 +298,7 @@ async def tasks(request: Request) -> Response:
     gw = gateway(request)
     f = _filters(request)
     data = await pages.tasks(gw, f)
-    return _render(
-        request,
-        "tasks.html",
-        session,
-        title="Tasks",
-        f=f,
-        names=await pages.key_names(gw),
-        links=_page_links(request, f, data["more"]),
-        **data,
-    )
+    return await _listing(request, session, "tasks.html", "Tasks", f, data)
 
 
 @router.get("/tasks/{task_id}")
@@ -315,7 +312,6 @@ async def task_detail(task_id: str, request: Request) -> Response:
         request,
         "task.html",
         session,
-        404 if view is None else 200,
         title=f"Task {task_id}",
         task_id=task_id,
         task=view,
@@ -342,19 +338,10 @@ async def audit(request: Request) -> Response:
     source = q.get("source") if q.get("source") in AUDIT_SOURCES else ""
     action = (q.get("action") or "").strip()[:100]
     data = await pages.audit(gw, f, source or "", action)
-    return _render(
-        request,
-        "audit.html",
-        session,
-        title="Audit",
-        f=f,
-        source=source,
-        action=action,
-        sources=AUDIT_SOURCES,
-        names=await pages.key_names(gw),
-        links=_page_links(request, f, data["more"]),
-        **data,
-    )
+    return await _listing(
+        request, session, "audit.html", "Audit", f, data,
+        source=source, action=action, sources=AUDIT_SOURCES,
+    )  # fmt: skip
 
 
 @router.get("/me")
