@@ -449,6 +449,13 @@ def test_channel_disable_and_enable(new_page: Callable[..., Watched], cstack: St
     row.get_by_role("button", name="Enable openai").click()
     expect(row.locator(".badge").first).not_to_have_text("disabled")
     assert edit(cstack, key["key"]).status_code == 200
+    audit = httpx.get(
+        cstack.url + "/admin/audit", params={"target": "openai"}, headers=admin
+    ).json()["data"]
+    assert [(e["action"], e["source"], e["details"]) for e in audit[:2]] == [
+        ("channel.update", "console", {"disabled": False}),
+        ("channel.update", "console", {"disabled": True}),
+    ]
 
 
 # --- an API key's own page
