@@ -216,6 +216,16 @@ async def tasks(gw: Gateway, f: Filters) -> dict[str, Any]:
     return {"rows": out, "more": page["more"]}
 
 
+async def task(gw: Gateway, task_id: str, key_id: str | None) -> dict[str, Any] | None:
+    """A task by id: a queued one, or (with its key, which the console's links carry) a
+    synchronous request's record."""
+    if key_id:
+        found = await find_task(gw.tasks, gw.store, key_id, task_id)
+    else:
+        found = await gw.tasks.get(task_id)
+    return task_view(found) if found is not None else None
+
+
 def task_view(task: Any) -> dict[str, Any]:
     started, finished = task.started, task.finished
     view = task.to_public()

@@ -306,8 +306,7 @@ async def task_detail(task_id: str, request: Request) -> Response:
     session = await _admin(request)
     if isinstance(session, Response):
         return session
-    task = await gateway(request).tasks.get(task_id)
-    view = pages.task_view(task) if task is not None else None
+    view = await pages.task(gateway(request), task_id, request.query_params.get("key_id"))
     return _render(
         request,
         "task.html",

@@ -399,7 +399,7 @@ def test_task_detail_and_redeliver(new_page: Callable[..., Watched], cstack: Sta
         page = w.page
         page.get_by_role("link", name="Tasks", exact=True).click()
         page.get_by_role("link", name=task_id[:20]).click()
-        page.wait_for_url(f"**/console/tasks/{task_id}")
+        page.wait_for_url(f"**/console/tasks/{task_id}?key_id=*")
         text = page.locator("main").inner_text()
         assert "Timings" in text and "undelivered" in text and "HTTP 500" in text
         thumb = page.get_by_role("img", name="Result image 1")
@@ -412,6 +412,15 @@ def test_task_detail_and_redeliver(new_page: Callable[..., Watched], cstack: Sta
         text = page.locator("main").inner_text()
         assert "HTTP 200" in text and re.search(r"Attempts\s+2", text)
         w.shot("desktop-task-redelivered")
+
+    # a synchronous request's task, reached from its ledger row
+    sync = edit(cstack, key["key"])
+    assert sync.status_code == 200
+    page.get_by_role("link", name="Records", exact=True).click()
+    page.get_by_role("link", name=sync.json()["task_id"][:16]).click()
+    text = page.locator("main").inner_text()
+    assert "succeeded" in text and "Timings" in text and "No callback" in text
+    assert page.get_by_role("img", name="Result image 1").count() == 1
 
 
 # --- channels
