@@ -461,9 +461,9 @@ def test_channel_disable_and_enable(new_page: Callable[..., Watched], cstack: St
     audit = httpx.get(
         cstack.url + "/admin/audit", params={"target": "openai"}, headers=admin
     ).json()["data"]
-    assert [(e["action"], e["source"], e["details"]) for e in audit[:2]] == [
-        ("channel.update", "console", {"disabled": False}),
-        ("channel.update", "console", {"disabled": True}),
+    assert [(e["action"], e["source"]) for e in audit[:2]] == [
+        ("channel.enable", "console"),
+        ("channel.disable", "console"),
     ]
 
 
