@@ -25,17 +25,22 @@ from app.domain.audit import AuditLog
 from app.domain.keys import KeyAdmin
 from app.domain.metering import Meter
 from app.media.fetch import GuardedFetcher
-from app.results import LocalResultStore
+from app.results import Results
 from app.service import EditService
+from app.storage import open_storage
 from app.store import open_store
 from app.store.base import Store
 from app.tasks.admin import TaskAdmin
 from app.tasks.delivery import CallbackDeliverer
+from app.tasks.inputs import TaskInputs
 from app.tasks.queue import TaskQueue
 from app.tasks.worker import TaskWorker
 from app.upstream import ChannelSet, UpstreamCaller, build_channels
 
 log = get_logger("imagegate")
+# Inputs outlive any task that could still run them only when something went wrong (the
+# queue's own records expire after 7 days); the sweeper removes such leftovers.
+_INPUTS_MAX_AGE_S = 7 * 86400
 
 
 def ensure_admin_key(settings: Settings) -> str:
@@ -95,7 +100,9 @@ class Gateway:
             timeout_s=self.config.limits.fetch_timeout_s,
             max_redirects=self.config.limits.fetch_max_redirects,
         )
-        self.results = LocalResultStore(self.data_dir / "files", self.config.results.retention_s)
+        self.storage = open_storage(self.config.storage, self.data_dir)
+        self.results = Results(self.storage, self.config.storage, self.config.results.retention_s)
+        self.inputs = TaskInputs(self.storage)
         self.meter = Meter(self.store, self.config, metrics=self.metrics)
         self.keys = KeyAdmin(self.store, set(self.config.models))
         self.tasks: TaskQueue = tracing.traced(
@@ -111,6 +118,7 @@ class Gateway:
             results=self.results,
             metrics=self.metrics,
             tasks=self.tasks,
+            inputs=self.inputs,
         )
         task_metrics = _TaskMetrics(self.metrics)
         self.deliverer = CallbackDeliverer(
@@ -126,7 +134,8 @@ class Gateway:
                 self.tasks, self.service.run_task, self.deliverer,
                 worker_id=f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}",
                 lease_s=self.config.tasks.lease_s, concurrency=workers,
-                on_lease=self._extend_reservation, metrics=task_metrics,
+                on_lease=self._extend_reservation, on_finish=self._drop_inputs,
+                metrics=task_metrics,
                 shutdown_grace_s=self.config.server.shutdown_grace_s,
             )  # fmt: skip
         self._tasks: list[asyncio.Task[Any]] = []
@@ -202,6 +211,13 @@ class Gateway:
             task.id, task.key_id, until + self.config.metering.reservation_ttl_s
         )
 
+    async def _drop_inputs(self, task: Any) -> None:
+        await self.inputs.drop(task.id)
+
+    async def _sweep_files(self) -> None:
+        await self.results.sweep()
+        await self.inputs.sweep(_INPUTS_MAX_AGE_S)
+
     async def start(self, *, workers: bool = True) -> None:
         self._stop.clear()
         self._stop_claiming.clear()
@@ -211,7 +227,7 @@ class Gateway:
         self._tasks.append(asyncio.create_task(self._every(
             self.config.metering.sweep_interval_s, self.meter.sweep)))  # fmt: skip
         self._tasks.append(asyncio.create_task(self._every(
-            self.config.results.sweep_interval_s, self.results.sweep)))  # fmt: skip
+            self.config.results.sweep_interval_s, self._sweep_files)))  # fmt: skip
 
     async def _every(self, interval: float, fn: Callable[[], Awaitable[object]]) -> None:
         while not self._stop.is_set():
@@ -250,3 +266,4 @@ class Gateway:
             t.cancel()
         await self.fetcher.aclose()
         await self.store.close()
+        await self.storage.close()

@@ -263,6 +263,40 @@ class ResultsConfig(_Strict):
     sweep_interval_s: int = Field(600, ge=1)
 
 
+class StorageConfig(_Strict):
+    """Where result images and queued tasks' inputs live (docs/SCALING.md)."""
+
+    kind: Literal["local", "s3"] = "local"
+    path: str | None = None  # local: the directory (default <data_dir>/files)
+    bucket: str | None = None
+    endpoint_url: str | None = None  # any S3-compatible endpoint; empty = AWS for `region`
+    region: str | None = None
+    prefix: str = ""
+    access_key_id: str | None = None  # both omitted or empty: the standard AWS credential chain
+    secret_access_key: str | None = None
+    url_mode: Literal["proxy", "presign", "public"] = "proxy"
+    public_base_url: str | None = None  # url_mode public: results at {this}{prefix}{name}
+    timeout_s: float = Field(60, gt=0)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> StorageConfig:
+        for name in ("path", "bucket", "endpoint_url", "region", "access_key_id",
+                     "secret_access_key", "public_base_url"):  # fmt: skip
+            if getattr(self, name) == "":  # an unset ${VAR} means "omitted"
+                setattr(self, name, None)
+        if self.kind == "s3" and not self.bucket:
+            raise ValueError("storage.bucket is required when storage.kind is s3")
+        if self.url_mode == "presign" and self.kind != "s3":
+            raise ValueError("storage.url_mode presign needs storage.kind s3")
+        if self.url_mode == "public" and not self.public_base_url:
+            raise ValueError("storage.public_base_url is required when storage.url_mode is public")
+        if self.prefix and not self.prefix.endswith("/"):
+            raise ValueError("storage.prefix must end with '/'")
+        if bool(self.access_key_id) != bool(self.secret_access_key):
+            raise ValueError("storage: give both access_key_id and secret_access_key, or neither")
+        return self
+
+
 class MeteringConfig(_Strict):
     reservation_ttl_s: int = Field(900, ge=1)  # crashed request's hold expires after this
     sweep_interval_s: float = Field(30, gt=0)
@@ -303,6 +337,7 @@ class GatewayConfig(_Strict):
     default_model: str | None = None
     limits: LimitsConfig = LimitsConfig()
     results: ResultsConfig = ResultsConfig()
+    storage: StorageConfig = StorageConfig()
     metering: MeteringConfig = MeteringConfig()
     callbacks: CallbacksConfig = CallbacksConfig()
     tasks: TasksConfig = TasksConfig()

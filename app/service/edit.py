@@ -13,7 +13,7 @@ from __future__ import annotations
 import base64
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from app.adapters.base import Adapter
@@ -26,11 +26,13 @@ from app.domain.metering import Hold, Keep, Meter
 from app.domain.pricing import Quote, quote
 from app.media.fetch import GuardedFetcher
 from app.media.resolve import resolve_images
-from app.results import ResultStore
+from app.results import Results
 from app.service import idempotency, streaming
 from app.service.context import EditContext, EditReply, Prepared
+from app.storage import StorageError
 from app.store.base import ApiKey, TaskRecord
 from app.tasks.base import TASK_RETENTION_S, Task, task_record_bytes
+from app.tasks.inputs import TaskInputs
 from app.tasks.payload import decode_request, encode_request, request_fingerprint
 from app.tasks.queue import TaskQueue
 
@@ -38,6 +40,8 @@ if TYPE_CHECKING:
     from app.upstream.caller import UpstreamCaller
 
 log = get_logger("imagegate.edit")
+# A task whose inputs are gone is settled with nothing charged; its price no longer matters.
+_NO_QUOTE = Quote(tier="request", unit=0, units=1, per_request=True)
 
 
 class EditService:
@@ -48,10 +52,11 @@ class EditService:
         adapters: Mapping[str, Adapter],
         meter: Meter,
         fetcher: GuardedFetcher,
-        results: ResultStore,
+        results: Results,
         metrics: Metrics,
         tasks: TaskQueue,
         caller: UpstreamCaller,
+        inputs: TaskInputs,
     ) -> None:
         self.config = config
         self.adapters = adapters
@@ -61,6 +66,7 @@ class EditService:
         self.metrics = metrics
         self.tasks = tasks
         self.caller = caller
+        self.inputs = inputs
 
     # --- checks, before any credit moves -------------------------------------------------
     def adapter_for(self, model: str) -> Adapter:
@@ -194,9 +200,15 @@ class EditService:
             "response_format": prep.response_format,
             "base_url": ctx.base_url,
         }
+        stashed = False
         try:
-            await self.tasks.enqueue(task, encode_request(prep.req, meta=meta))
+            # The images go to object storage; the queue keeps only a reference.
+            ref = await self.inputs.stash(task_id, encode_request(prep.req, meta=meta))
+            stashed = True
+            await self.tasks.enqueue(task, ref)
         except Exception as exc:  # the hold refunds on the way out
+            if stashed:
+                await _quietly(self.inputs.drop(task_id))
             log.exception("task.enqueue.failed", extra=fields(trace_id=ctx.trace_id))
             raise GatewayError(
                 "service_unavailable", "could not queue the task, try again", status=503
@@ -214,7 +226,18 @@ class EditService:
         that finds it already charged (an earlier run settled, then died) runs and succeeds
         without a second charge.
         """
-        req, meta = decode_request(payload)
+        loaded = await self.inputs.load(payload)
+        if loaded is None:  # already finished elsewhere, or lost: never charge for it
+            gone = GatewayError("api_error", "the task's inputs are gone; refunded")
+            try:
+                async with self.meter.hold(
+                    reservation_id=task.id, key_id=task.key_id, model=task.model,
+                    quote=_NO_QUOTE, trace_id=task.trace_id,
+                ):  # fmt: skip
+                    raise gone  # leaving the block unsettled refunds the reservation
+            except GatewayError as err:
+                return None, {"code": err.code, "message": err.message}
+        req, meta = decode_request(loaded)
         q = meta["quote"]
         quote_ = Quote(
             tier=q["tier"], unit=q["unit"], units=q["units"], per_request=q["per_request"]
@@ -279,8 +302,14 @@ class EditService:
             item: dict[str, Any] = {"revised_prompt": img.revised_prompt or prep.req.prompt}
             if as_url:
                 name = f"{task_id}_{i}.{img.ext}"
-                await self.results.put(name, img.data)
-                item["url"] = f"{ctx.base_url}/v1/files/{name}"
+                try:
+                    await self.results.put(name, img.data)
+                except StorageError as exc:
+                    log.warning("results.put.failed", extra=fields(trace_id=ctx.trace_id))
+                    raise GatewayError(
+                        "service_unavailable", "result storage is unavailable", status=503
+                    ) from exc
+                item["url"] = self.results.url(name, ctx.base_url)
             else:
                 item["b64_json"] = base64.b64encode(img.data).decode("ascii")
             data.append(item)
@@ -296,6 +325,13 @@ class EditService:
                 body[k] = out.extra[k]
         body["elapsed"] = round(time.perf_counter() - ctx.started, 3)
         return body
+
+
+async def _quietly(aw: Awaitable[object]) -> None:
+    try:
+        await aw
+    except Exception:
+        log.warning("cleanup.failed", exc_info=True)
 
 
 def task_result(body: dict[str, Any]) -> dict[str, Any]:

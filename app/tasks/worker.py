@@ -33,6 +33,7 @@ log = logging.getLogger("imagegate.tasks.worker")
 Result = tuple[dict[str, Any] | None, dict[str, Any] | None]
 Handler = Callable[[Task, bytes], Awaitable[Result]]
 LeaseHook = Callable[[Task, float], Awaitable[object]]
+FinishHook = Callable[[Task], Awaitable[object]]
 
 INTERNAL_ERROR = {"code": "api_error", "message": "the task failed unexpectedly"}
 
@@ -52,6 +53,7 @@ class TaskWorker:
         block_s: float = 1.0,
         heartbeat_s: float | None = None,
         on_lease: LeaseHook | None = None,
+        on_finish: FinishHook | None = None,
         metrics: TaskMetrics | None = None,
         clock: Callable[[], float] = time.time,
         shutdown_grace_s: float = 10.0,
@@ -72,6 +74,7 @@ class TaskWorker:
         self.block_s = block_s
         self.heartbeat_s = heartbeat_s if heartbeat_s is not None else lease_s / 3
         self.on_lease = on_lease
+        self.on_finish = on_finish
         self.metrics = metrics or NullMetrics()
         self.clock = clock
         self.shutdown_grace_s = shutdown_grace_s
@@ -138,6 +141,11 @@ class TaskWorker:
             renew.cancel()
             await asyncio.wait({renew}, timeout=1)
         first = await self.queue.finish(task.id, result=result, error=error, now=self.clock())
+        if self.on_finish is not None:
+            try:
+                await self.on_finish(task)
+            except Exception:
+                log.warning("on_finish hook failed", extra={"task_id": task.id}, exc_info=True)
         if first:
             self.metrics.task_finished("failed" if error is not None else "succeeded")
             if task.callback_url and self.deliverer is not None:
