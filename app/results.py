@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Callable
 
 from app.core.config import StorageConfig
 from app.storage import ObjectInfo, ObjectStorage, Opened
@@ -24,8 +25,15 @@ MIME_BY_EXT = {"png": "image/png", "jpeg": "image/jpeg", "jpg": "image/jpeg", "w
 
 
 class Results:
-    def __init__(self, storage: ObjectStorage, config: StorageConfig, retention_s: int) -> None:
+    def __init__(
+        self,
+        storage: ObjectStorage,
+        config: StorageConfig,
+        retention_s: int,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.storage = storage
+        self.clock = clock
         self.retention_s = retention_s
         self.url_mode = config.url_mode
         self.public_prefix = (config.public_base_url or "") + config.prefix
@@ -48,7 +56,7 @@ class Results:
         if not NAME_RE.match(name):
             return None
         info = await self.storage.head(name)
-        return info if self._fresh(info, now or time.time()) else None
+        return info if self._fresh(info, now or self.clock()) else None
 
     async def open(self, name: str) -> Opened | None:
         """The result's bytes as a stream, if it exists and has not expired."""
@@ -57,14 +65,14 @@ class Results:
         opened = await self.storage.open(name)
         if opened is None:
             return None
-        if not self._fresh(opened.info, time.time()):
+        if not self._fresh(opened.info, self.clock()):
             await opened.chunks.aclose()  # type: ignore[attr-defined]
             return None
         return opened
 
     async def presigned(self, name: str) -> str | None:
         """A presigned GET that stops working when the result expires; None if expired."""
-        now = time.time()
+        now = self.clock()
         info = await self.info(name, now)
         if info is None:
             return None
@@ -75,7 +83,7 @@ class Results:
         """Delete expired results (local storage; S3 buckets use a lifecycle rule)."""
         if self.storage.kind != "local":
             return 0
-        return await self.storage.delete_older("", (now or time.time()) - self.retention_s)
+        return await self.storage.delete_older("", (now or self.clock()) - self.retention_s)
 
 
 def mime_for(name: str) -> str:
