@@ -14,6 +14,7 @@ import asyncio
 import os
 import statistics
 import time
+from collections.abc import Awaitable
 from datetime import timedelta
 from typing import Any
 
@@ -24,9 +25,9 @@ from obstore.store import S3Store
 from tests.support.s3_server import S3Endpoint, S3Server
 
 
-async def _timed(fn: Any) -> tuple[float, float]:
+async def _timed(work: Awaitable[Any]) -> tuple[float, float]:
     c0, t0 = time.process_time(), time.perf_counter()
-    await fn()
+    await work
     return time.perf_counter() - t0, time.process_time() - c0
 
 
@@ -77,18 +78,13 @@ async def run(
             order = list(clients.items()) if i % 2 == 0 else list(reversed(clients.items()))
             for name, (put, get) in order:
                 key = f"bench/{name}/{i}"
-                rec(f"{name} put", *await _timed(lambda: put(key)))
-                rec(f"{name} get", *await _timed(lambda: get(key)))
+                rec(f"{name} put", *await _timed(put(key)))
+                rec(f"{name} get", *await _timed(get(key)))
                 if conc > 1 and i % 4 == 0:
                     keys = [f"bench/{name}/{i}/c{j}" for j in range(conc)]
-
-                    async def many_put() -> None:
-                        await asyncio.gather(*(put(k) for k in keys))
-
-                    async def many_get() -> None:
-                        await asyncio.gather(*(get(k) for k in keys))
-
+                    many_put = asyncio.gather(*(put(k) for k in keys))
                     rec(f"{name} put x{conc}", *await _timed(many_put))
+                    many_get = asyncio.gather(*(get(k) for k in keys))
                     rec(f"{name} get x{conc}", *await _timed(many_get))
     return results
 
