@@ -235,12 +235,13 @@ def test_presigned_redirect_works_and_expires_with_the_retention(s3: S3Endpoint)
         s.sim.stop()
 
 
-def test_sigkill_replica_holding_queued_and_running_tasks(
-    redis_server: RedisServer, s3: S3Endpoint
-) -> None:
+def test_sigkill_replica_holding_queued_and_running_tasks(s3: S3Endpoint) -> None:
     """Replica A takes 12 callback tasks (4 run on each replica, 4 wait) and is killed with
-    SIGKILL; B finishes every one within the lease plus a minute, each charged once."""
-    fleet = Fleet(redis_server, s3)
+    SIGKILL; B finishes every one within the lease plus a minute, each charged once.
+
+    Its own Redis: the module's fleet still runs, and its workers would take these tasks."""
+    own_redis = RedisServer(appendonly=False).start()
+    fleet = Fleet(own_redis, s3)
     try:
         key = fleet.create_key(credits=10)
         fleet.latency(2.0)
@@ -281,3 +282,4 @@ def test_sigkill_replica_holding_queued_and_running_tasks(
     finally:
         fleet.latency(0)
         fleet.close()
+        own_redis.cleanup()
