@@ -187,3 +187,11 @@ def test_kubernetes_deployment_replicas_readiness_drain_and_config() -> None:
     volume = next(v for v in pod["volumes"] if v["name"] == "config")
     assert volume["configMap"]["name"] == cm["metadata"]["name"]
     assert pod["securityContext"]["runAsUser"] == 10001  # the Dockerfile's user
+
+
+def test_deploy_configs_are_rendered_from_the_shipped_config() -> None:
+    """`python -m deploy.render` wrote them from config/gateway.yaml and nothing edited them."""
+    from deploy.render import render
+
+    for path, text in render().items():
+        assert path.read_text() == text, f"{path}: stale, run `python -m deploy.render`"

@@ -32,9 +32,20 @@ def test_domain_imports_no_flow_machinery() -> None:
 def test_service_is_not_imported_by_lower_layers() -> None:
     bad = {
         f"{path.relative_to(APP)}: {name}"
-        for pkg in ("domain", "adapters", "media", "store", "tasks", "upstream")
+        for pkg in ("domain", "adapters", "media", "store", "storage", "tasks", "upstream")
         for path in (APP / pkg).rglob("*.py")
         for name in _imports(path)
         if name.startswith("app.service")
+    }
+    assert not bad, sorted(bad)
+
+
+def test_object_storage_sits_below_everything_that_uses_it() -> None:
+    """app/storage knows bytes and keys only: no tasks, results, routes or framework."""
+    bad = {
+        f"{path.name}: {name}"
+        for path in (APP / "storage").glob("*.py")
+        for name in _imports(path)
+        if name.startswith((*FORBIDDEN, "app.results", "app.domain", "app.store"))
     }
     assert not bad, sorted(bad)
