@@ -26,6 +26,7 @@ from PIL import Image
 
 from app.core.config import ResultsConfig, StorageConfig
 from app.simulator import create_simulator_app
+from app.tasks.redis_queue import shard_tags
 from tests.e2e.conftest import ADMIN_KEY, start_stack
 from tests.support import images
 from tests.support.net import ThreadedServer
@@ -116,6 +117,21 @@ def fleet(redis_server: RedisServer, s3: S3Endpoint) -> Iterator[Fleet]:
         yield f
     finally:
         f.close()
+
+
+def running_claims(redis_url: str) -> list[dict[str, Any]]:
+    """Claimed (running) task entries over every queue shard, with the consumer holding each."""
+    r = redis.Redis.from_url(redis_url)
+    claims: list[dict[str, Any]] = []
+    try:
+        for tag in shard_tags(8):
+            try:
+                claims += r.xpending_range(f"ig:{{{tag}}}:stream", "workers", "-", "+", 100)
+            except redis.ResponseError:  # this shard's group is not created yet
+                continue
+    finally:
+        r.close()
+    return claims
 
 
 def edit(url: str, key: dict[str, Any], image: bytes = PNG, **data: str) -> httpx.Response:
@@ -248,15 +264,11 @@ def test_sigkill_replica_holding_queued_and_running_tasks(s3: S3Endpoint) -> Non
         with receiver() as rx:
             ids = [edit(fleet.a.url, key, callback_url=rx.url).json()["task_id"]
                    for _ in range(12)]  # fmt: skip
-            r = redis.Redis.from_url(fleet.redis_url)
-            pending = r.xpending_range("ig:{q}:stream", "workers", "-", "+", 100)
-            r.close()
+            pending = running_claims(fleet.redis_url)
             deadline = time.monotonic() + 5
             while len(pending) < 8 and time.monotonic() < deadline:  # both replicas busy
                 time.sleep(0.05)
-                r = redis.Redis.from_url(fleet.redis_url)
-                pending = r.xpending_range("ig:{q}:stream", "workers", "-", "+", 100)
-                r.close()
+                pending = running_claims(fleet.redis_url)
             consumers = {p["consumer"].decode() for p in pending}
             assert len(consumers) >= 2, pending  # A holds running tasks, B too
             fleet.a.kill()
