@@ -102,7 +102,9 @@ class Gateway:
         )
         self.storage = open_storage(self.config.storage, self.data_dir)
         self.results = Results(self.storage, self.config.storage, self.config.results.retention_s)
-        self.inputs = TaskInputs(self.storage)
+        # Local files are invisible to replicas on other machines that share the Redis queue.
+        inline = self.storage.kind == "local" and bool(settings.redis_url)
+        self.inputs = TaskInputs(self.storage, inline=inline)
         self.meter = Meter(self.store, self.config, metrics=self.metrics)
         self.keys = KeyAdmin(self.store, set(self.config.models))
         self.tasks: TaskQueue = tracing.traced(

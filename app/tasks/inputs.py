@@ -18,8 +18,12 @@ FOLDER = "inputs"
 
 
 class TaskInputs:
-    def __init__(self, storage: ObjectStorage) -> None:
+    """`inline=True` keeps payloads in the queue itself: for a local directory behind a shared
+    Redis queue, where another machine's replica could claim the task but not read the file."""
+
+    def __init__(self, storage: ObjectStorage, *, inline: bool = False) -> None:
         self.storage = storage
+        self.inline = inline
 
     @staticmethod
     def key(task_id: str) -> str:
@@ -27,6 +31,8 @@ class TaskInputs:
 
     async def stash(self, task_id: str, payload: bytes) -> bytes:
         """Store `payload`; returns the reference to enqueue instead."""
+        if self.inline:
+            return payload
         key = self.key(task_id)
         await self.storage.put(key, payload)
         return REF_MAGIC + key.encode()
