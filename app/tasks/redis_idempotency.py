@@ -19,6 +19,9 @@ if not h[1] then
   return {'new', ARGV[2]}
 end
 if h[1] ~= ARGV[1] then return {'conflict', h[2]} end
+-- Our own record (task ids are unique per request): a client that re-sent this script after
+-- a lost reply must see the answer its first run gave, not 'pending' on itself.
+if h[4] == 'pending' and h[2] == ARGV[2] then return {'new', ARGV[2]} end
 if h[4] == 'done' then return {'done', h[2], h[5]} end
 local stale = tonumber(ARGV[5])
 if stale >= 0 and tonumber(ARGV[3]) - tonumber(h[3]) > stale then

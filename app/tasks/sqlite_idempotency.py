@@ -65,6 +65,8 @@ class SQLiteIdempotency:
                 return IdemState("conflict", row[1])
             if row[3] == "done":
                 return IdemState("done", row[1], bytes(row[4]))
+            if row[1] == task_id:  # our own record: a re-sent call gets its first answer
+                return IdemState("new", task_id)
             return IdemState("pending", row[1])
 
         return await self._run(op)

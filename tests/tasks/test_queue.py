@@ -238,6 +238,9 @@ async def test_idempotency_states(queue: TaskQueue) -> None:
     assert (st.kind, st.task_id) == ("new", "t1")
     st = await begin("k1", "idem-1", "fp-a", task_id="t2", now=now, ttl_s=60)
     assert (st.kind, st.task_id) == ("pending", "t1")
+    # the same call sent again (a client retrying after a lost reply) gets the same answer
+    st = await begin("k1", "idem-1", "fp-a", task_id="t1", now=now, ttl_s=60)
+    assert (st.kind, st.task_id) == ("new", "t1")
     st = await begin("k1", "idem-1", "fp-b", task_id="t3", now=now, ttl_s=60)
     assert (st.kind, st.task_id) == ("conflict", "t1")
     # another API key has its own namespace
