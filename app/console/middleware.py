@@ -56,7 +56,7 @@ async def _is_console_admin(scope: Scope) -> bool:
     if not token or b"authorization" in headers:
         return False
     gw = scope["app"].state.gateway
-    session = await sessions.lookup(gw.store, token)
+    session = await sessions.lookup(gw.store, token, gw.admin_key)
     if session is None or session.role != "admin":
         return False
     if scope["method"] in sessions.SAFE_METHODS:

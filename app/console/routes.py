@@ -73,7 +73,8 @@ def install(app: FastAPI) -> None:
 
 async def _session(request: Request) -> ConsoleSession | None:
     token = request.cookies.get(sessions.COOKIE)
-    return await sessions.lookup(gateway(request).store, token)
+    gw = gateway(request)
+    return await sessions.lookup(gw.store, token, gw.admin_key)
 
 
 def _render(
@@ -205,7 +206,7 @@ async def login(request: Request) -> Response:
         error = "That admin key is not valid." if role == "admin" else "That API key is not valid."
         # 200, not 401: the form is shown again; a 401 page would be a browser console error
         return _render(request, "login.html", None, role=role, error=error)
-    token, _ = await sessions.start(gw.store, role, key)
+    token, _ = await sessions.start(gw.store, role, key, admin_key=gw.admin_key)
     resp = _to("/console" if role == "admin" else "/console/me")
     resp.set_cookie(
         sessions.COOKIE,

@@ -22,8 +22,12 @@ SESSION_TTL_S = 8 * 3600
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
-async def start(store: Store, role: str, key: ApiKey | None = None) -> tuple[str, ConsoleSession]:
-    """A new session; returns the cookie token (shown to the browser only) and the session."""
+async def start(
+    store: Store, role: str, key: ApiKey | None = None, *, admin_key: str = ""
+) -> tuple[str, ConsoleSession]:
+    """A new session; returns the cookie token (shown to the browser only) and the session.
+    An admin session remembers which admin key opened it (its hash), so rotating the admin key
+    ends every admin session at once."""
     token = secrets.token_urlsafe(32)
     now = time.time()
     session = ConsoleSession(
@@ -33,15 +37,23 @@ async def start(store: Store, role: str, key: ApiKey | None = None) -> tuple[str
         created_at=now,
         expires_at=now + SESSION_TTL_S,
         key_id=key.id if key is not None else None,
+        credential=hash_secret(admin_key) if role == "admin" else "",
     )
     await store.put_session(session, now)
     return token, session
 
 
-async def lookup(store: Store, token: str | None) -> ConsoleSession | None:
+async def lookup(store: Store, token: str | None, admin_key: str) -> ConsoleSession | None:
+    """The live session `token` names; an admin session opened with another admin key than
+    the current one is over."""
     if not token or len(token) > 200:
         return None
-    return await store.get_session(hash_secret(token), time.time())
+    session = await store.get_session(hash_secret(token), time.time())
+    if session is not None and session.role == "admin":
+        current = hash_secret(admin_key)
+        if not hmac.compare_digest(session.credential.encode(), current.encode()):
+            return None
+    return session
 
 
 async def end(store: Store, token: str | None) -> None:

@@ -196,6 +196,8 @@ class ConsoleSession:
     created_at: float
     expires_at: float
     key_id: str | None = None  # role "key": the API key that signed in
+    # role "admin": sha256 of the admin key it signed in with; a changed admin key ends it
+    credential: str = ""
 
 
 @dataclass(slots=True)

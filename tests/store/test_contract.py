@@ -740,3 +740,17 @@ async def test_session_delete_ends_it(store: Store) -> None:
     assert await store.delete_session(s.id_hash)
     assert await store.get_session(s.id_hash, T0 + 1) is None
     assert not await store.delete_session(s.id_hash)
+
+
+async def test_admin_session_ends_when_the_admin_key_changes(store: Store) -> None:
+    """Rotating the admin key (restart with a new IMAGEGATE_ADMIN_KEY) signs every console
+    admin out; an API-key session does not depend on it."""
+    from app.console import sessions
+
+    token, _ = await sessions.start(store, "admin", admin_key="old-admin-key")
+    assert await sessions.lookup(store, token, "old-admin-key") is not None
+    assert await sessions.lookup(store, token, "new-admin-key") is None
+
+    key_token, _ = await sessions.start(store, "key", make_key(KEY))
+    found = await sessions.lookup(store, key_token, "new-admin-key")
+    assert found is not None and found.key_id == KEY
