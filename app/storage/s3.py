@@ -82,26 +82,29 @@ class S3Storage:
             raise StorageError(f"s3 put failed: {exc}") from exc
 
     async def get(self, key: str) -> bytes | None:
-        check_key(key)
-        try:
-            got = await obstore.get_async(self.store, key)
-            return bytes(await got.bytes_async())
-        except _NOT_FOUND:
+        got = await self._get(key)
+        if got is None:
             return None
+        try:
+            return bytes(await got.bytes_async())
         except Exception as exc:
             raise StorageError(f"s3 get failed: {exc}") from exc
 
     async def open(self, key: str) -> Opened | None:
+        got = await self._get(key)
+        if got is None:
+            return None
+        return Opened(_info(got.meta), _chunks(got.stream(min_chunk_size=_STREAM_CHUNK)))
+
+    async def _get(self, key: str) -> Any:
+        """The started GET of `key` (body not read yet), or None when there is no such object."""
         check_key(key)
         try:
-            got = await obstore.get_async(self.store, key)
+            return await obstore.get_async(self.store, key)
         except _NOT_FOUND:
             return None
         except Exception as exc:
             raise StorageError(f"s3 get failed: {exc}") from exc
-        meta = got.meta
-        info = ObjectInfo(size=meta["size"], modified=meta["last_modified"].timestamp())
-        return Opened(info, _chunks(got.stream(min_chunk_size=_STREAM_CHUNK)))
 
     async def head(self, key: str) -> ObjectInfo | None:
         check_key(key)
@@ -111,7 +114,7 @@ class S3Storage:
             return None
         except Exception as exc:
             raise StorageError(f"s3 head failed: {exc}") from exc
-        return ObjectInfo(size=meta["size"], modified=meta["last_modified"].timestamp())
+        return _info(meta)
 
     async def delete(self, key: str) -> None:
         check_key(key)
@@ -163,3 +166,8 @@ def _aws_chain() -> Any:
     if session.get_credentials() is None:
         return None
     return Boto3CredentialProvider(session)
+
+
+def _info(meta: Any) -> ObjectInfo:
+    """Size and modification time from obstore's object metadata."""
+    return ObjectInfo(size=meta["size"], modified=meta["last_modified"].timestamp())
