@@ -31,6 +31,7 @@ from app.adapters.openai_common import (
     sniff_mime,
 )
 from app.core.errors import GatewayError, bad_request
+from app.domain.blob import blob_bytes
 from app.domain.edit import EditOutput, GeneratedImage
 from app.upstream.hints import parse_retry_after
 from app.upstream.request import UpstreamRequest
@@ -113,7 +114,7 @@ class NanoBananaAdapter:
                 {
                     "inlineData": {
                         "mimeType": img.mime,
-                        "data": base64.b64encode(img.data).decode("ascii"),
+                        "data": base64.b64encode(blob_bytes(img.data)).decode("ascii"),
                     }
                 }
             )

@@ -14,6 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from app.domain.blob import Blob
+
 BodyKind = Literal["multipart", "json"]
 Operation = Literal["edit", "generate"]
 
@@ -25,7 +27,7 @@ class ImageRef:
     """An image input as the client gave it: uploaded bytes, or a URL / `data:` URL to resolve."""
 
     param: str  # the parameter it came from, for error messages: "image", "image[2]", "mask"
-    data: bytes | None = None
+    data: Blob | None = None  # large uploads are spooled to a file (app/domain/blob.py)
     url: str | None = None
 
 
@@ -33,7 +35,7 @@ class ImageRef:
 class Image:
     """An image identified by its bytes (never by its name or declared type)."""
 
-    data: bytes
+    data: Blob
     mime: str  # image/png | image/jpeg | image/webp
     width: int
     height: int

@@ -15,6 +15,7 @@ from typing import Any
 
 from app.core.config import LimitsConfig
 from app.core.errors import bad_request, too_large
+from app.domain.blob import blob_bytes
 from app.domain.edit import EditRequest, Image, ImageRef
 from app.media.fetch import GuardedFetcher, decode_data_url
 from app.media.sniff import probe
@@ -66,6 +67,7 @@ async def resolve_ref(ref: ImageRef, fetcher: GuardedFetcher, limits: LimitsConf
     else:
         raise bad_request(f"{param}: empty image input", param)
 
+    data = blob_bytes(data)
     if len(data) > _THREAD_PROBE_BYTES:
         return await asyncio.to_thread(probe, data, param=param, max_pixels=limits.max_image_pixels)
     return probe(data, param=param, max_pixels=limits.max_image_pixels)

@@ -22,6 +22,7 @@ from typing import Any
 
 import orjson
 
+from app.domain.blob import blob_bytes
 from app.domain.edit import EditRequest, Image, ImageRef
 
 MAGIC = b"IGT1"
@@ -35,7 +36,7 @@ class PayloadError(ValueError):
 
 
 def _image_meta(img: Image, blobs: list[bytes]) -> dict[str, Any]:
-    blobs.append(img.data)
+    blobs.append(blob_bytes(img.data))
     return {
         "mime": img.mime,
         "width": img.width,
@@ -48,7 +49,7 @@ def _image_meta(img: Image, blobs: list[bytes]) -> dict[str, Any]:
 def _ref_meta(ref: ImageRef, blobs: list[bytes], keep_data: bool) -> dict[str, Any]:
     out: dict[str, Any] = {"param": ref.param, "url": ref.url, "len": None}
     if keep_data and ref.data is not None:
-        blobs.append(ref.data)
+        blobs.append(blob_bytes(ref.data))
         out["len"] = len(ref.data)
     return out
 
@@ -141,7 +142,7 @@ def request_fingerprint(req: EditRequest) -> str:
     for ref in refs:
         h.update(b"\x00ref:" + ref.param.encode() + b"\x00")
         if ref.data is not None:
-            h.update(hashlib.sha256(ref.data).digest())
+            h.update(hashlib.sha256(blob_bytes(ref.data)).digest())
         else:
             h.update(b"url:" + (ref.url or "").encode())
     return h.hexdigest()
