@@ -9,12 +9,19 @@ is never fetched, and `response_format` is pinned to `url` (nano-banana always a
 Gemini reports content refusals as HTTP 200 without an image; those become 400
 `moderation_blocked` when the reason is a safety one, and 502 otherwise (the model just did not
 draw), so clients are never charged for an empty answer.
+
+The body is JSON with each image as base64 text. A small body of in-memory images is encoded
+as it always was (one `orjson.dumps`); a large or spooled image is never encoded whole: the JSON
+is dumped with a placeholder where each image's base64 goes and split around it, and each image
+becomes a `Base64Blob` piece that the transport encodes chunk by chunk while sending. The bytes
+on the wire are the same either way (docs/ARCHITECTURE.md, "Upstream bodies").
 """
 
 from __future__ import annotations
 
 import base64
 import dataclasses
+import secrets
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import orjson
@@ -31,10 +38,12 @@ from app.adapters.openai_common import (
     sniff_mime,
 )
 from app.core.errors import GatewayError, bad_request
-from app.domain.blob import blob_bytes
+from app.domain.blob import Blob
 from app.domain.edit import EditOutput, GeneratedImage
+from app.upstream.body import Base64Blob, Body, Piece
 from app.upstream.hints import parse_retry_after
 from app.upstream.request import UpstreamRequest
+from app.upstream.transport import JOIN_MAX
 
 if TYPE_CHECKING:
     from app.core.config import ModelConfig
@@ -107,28 +116,43 @@ class NanoBananaAdapter:
                     f"{self.model} accepts PNG, JPEG or WEBP images", image_param(req, i)
                 )
 
-    def body(self, req: EditRequest) -> dict[str, Any]:
+    def body(self, req: EditRequest, inline: list[str] | None = None) -> dict[str, Any]:
+        """The request JSON; `inline[i]` is the text put where image i's base64 goes (by
+        default the base64 itself, which reads the image whole)."""
         parts: list[dict[str, Any]] = [{"text": req.prompt}]
-        for img in req.images:
-            parts.append(
-                {
-                    "inlineData": {
-                        "mimeType": img.mime,
-                        "data": base64.b64encode(blob_bytes(img.data)).decode("ascii"),
-                    }
-                }
-            )
+        for i, img in enumerate(req.images):
+            data = inline[i] if inline is not None else _b64_text(img.data)
+            parts.append({"inlineData": {"mimeType": img.mime, "data": data}})
         return {
             "contents": [{"role": "user", "parts": parts}],
             "generationConfig": {"responseModalities": ["IMAGE"]},
         }
+
+    def encode(self, req: EditRequest) -> Body:
+        """The JSON body: one buffer when every image is small and in memory, else pieces with
+        each image's base64 as a `Base64Blob` (the same bytes, never encoded whole here)."""
+        images = [img.data for img in req.images]
+        if all(isinstance(b, bytes) for b in images) and 4 * sum(map(len, images)) <= 3 * JOIN_MAX:
+            return orjson.dumps(self.body(req))
+        while True:
+            # A random marker that JSON leaves as it is; a prompt containing it (2^-64) would
+            # split wrongly, so the split is checked and a fresh marker drawn.
+            marker = f"imagegate-inline-{secrets.token_hex(8)}"
+            text = orjson.dumps(self.body(req, [marker] * len(images)))
+            between = text.split(marker.encode("ascii"))
+            if len(between) == len(images) + 1:
+                break
+        pieces: list[Piece] = [between[0]]
+        for blob, after in zip(images, between[1:], strict=True):
+            pieces += [Base64Blob(blob), after]
+        return pieces
 
     def build(
         self, req: EditRequest, model_id: str, *, trace_id: str, stream: bool = False
     ) -> UpstreamRequest:
         """`generateContent` for Gemini and Vertex alike (`role` is required on Vertex)."""
         headers = {"content-type": "application/json"}
-        return UpstreamRequest("generateContent", model_id, orjson.dumps(self.body(req)), headers)
+        return UpstreamRequest("generateContent", model_id, self.encode(req), headers)
 
     def parse(self, resp: UpstreamResponse, req: EditRequest) -> EditOutput:
         try:
@@ -162,6 +186,13 @@ def _inline(part: dict[str, Any]) -> dict[str, Any] | None:
     """The part's inline image, accepting proto-JSON camelCase or snake_case."""
     blob = part.get("inlineData", part.get("inline_data"))
     return blob if isinstance(blob, dict) else None
+
+
+def _b64_text(blob: Blob) -> str:
+    """Base64 of an in-memory image (a spooled one goes as a `Base64Blob` piece instead)."""
+    if not isinstance(blob, bytes):
+        raise TypeError("a spooled image is encoded by the transport, chunk by chunk")
+    return base64.b64encode(blob).decode("ascii")
 
 
 def extract_images(payload: dict[str, Any]) -> list[tuple[bytes, str]]:

@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from app.core.errors import GatewayError, bad_request
-from app.domain.blob import blob_bytes
 from app.domain.edit import EditOutput, EditRequest, GeneratedImage, Image
 from app.upstream.hints import parse_retry_after
 from app.upstream.multipart import FilePart, encode_multipart_parts
@@ -218,11 +217,10 @@ def image_parts(images: list[Image], mask: Image | None) -> list[FilePart]:
     `duplicate_parameter` upstream). Content types come from the sniffed bytes."""
     name = "image" if len(images) == 1 else "image[]"
     parts = [
-        FilePart(name, f"image_{i}.{img.ext}", img.mime, blob_bytes(img.data))
-        for i, img in enumerate(images)
+        FilePart(name, f"image_{i}.{img.ext}", img.mime, img.data) for i, img in enumerate(images)
     ]
     if mask is not None:
-        parts.append(FilePart("mask", "mask.png", "image/png", blob_bytes(mask.data)))
+        parts.append(FilePart("mask", "mask.png", "image/png", mask.data))
     return parts
 
 

@@ -2,10 +2,10 @@
 
 httpx can encode multipart, but it guesses part content types from file names and streams the
 body through a generator of small chunks. Outbound edits need exact per-part content types (OpenAI
-rejects `application/octet-stream`) and are already fully in memory, so the cheapest correct
-encoding is a list of byte pieces. `encode_multipart_parts` returns them unjoined so the HTTP
-transport can send them without joining and a large image is never copied (an 8 MB copy costs
-~4 ms of page faults).
+rejects `application/octet-stream`), so the cheapest correct encoding is a list of body pieces
+(app/upstream/body.py): `encode_multipart_parts` returns them unjoined with each file's `Blob`
+by reference, so the transport sends a large image without copying it (an 8 MB copy costs ~4 ms
+of page faults) and a spooled one straight from its file.
 """
 
 from __future__ import annotations
@@ -14,17 +14,20 @@ import secrets
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from app.domain.blob import Blob
+from app.upstream.body import Piece
+
 _CRLF = b"\r\n"
 
 
 @dataclass(slots=True, frozen=True)
 class FilePart:
-    """One file part: form name, filename, content type and the bytes."""
+    """One file part: form name, filename, content type and the bytes (in memory or spooled)."""
 
     name: str
     filename: str
     content_type: str
-    data: bytes
+    data: Blob
 
 
 def _quote(value: str) -> bytes:
@@ -43,12 +46,12 @@ def encode_multipart_parts(
     files: Iterable[FilePart],
     *,
     boundary: str | None = None,
-) -> tuple[list[bytes], str]:
+) -> tuple[list[Piece], str]:
     """Encode text fields then files; return `(pieces, content_type_header)` with the file
     data by reference."""
     b = (boundary or new_boundary()).encode("ascii")
     dash_boundary = b"--" + b + _CRLF
-    pieces: list[bytes] = []
+    pieces: list[Piece] = []
     for name, value in fields:
         pieces.append(dash_boundary)
         pieces.append(b'Content-Disposition: form-data; name="' + _quote(name) + b'"\r\n\r\n')

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from app.upstream.transport import Body
+from app.upstream.body import Body
 
 
 @dataclass(slots=True)

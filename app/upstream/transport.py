@@ -8,13 +8,19 @@ gives TLS, proxies and streaming for free and is what production and tests both 
 A transport knows nothing about keys, channels or retries (the caller owns those): it sends
 one request and reports an answer, `TransportTimeout` or `TransportFailure`. Per channel, one
 `AiohttpTransport` keeps a keep-alive pool of at most `max_connections` sockets.
+
+Bodies (app/upstream/body.py): a small body of bytes pieces is joined and sent as one buffer
+(the fast path); anything else goes out as a `PiecesPayload` with its exact Content-Length,
+spooled images straight from their files (docs/ARCHITECTURE.md, "Upstream bodies").
 """
 
 from __future__ import annotations
 
+import asyncio
+import os
 import ssl
 import urllib.request
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -22,12 +28,21 @@ from urllib.parse import urlsplit
 
 import aiohttp
 import orjson
+from aiohttp.abc import AbstractStreamWriter
+from aiohttp.payload import Payload
+
+from app.domain.blob import SpooledBlob
+from app.upstream.body import Body, Piece, body_size
+
+__all__ = [
+    "JOIN_MAX", "AiohttpTransport", "Body", "ByteStream", "PiecesPayload", "Transport",
+    "TransportFailure", "TransportTimeout", "UpstreamResponse", "proxy_for", "ssl_context",
+]  # fmt: skip
 
 USER_AGENT = "imagegate/0.1"
 
-# A request body: one buffer, or pieces sent in order (a multipart body with its images by
-# reference). Pieces above JOIN_MAX in all are streamed instead of joined into one copy.
-Body = bytes | Sequence[bytes]
+# Bytes pieces up to JOIN_MAX in all are joined into one buffer (one write, aiohttp's own bytes
+# path); above it, or with any spooled piece, the body is sent piece by piece.
 JOIN_MAX = 1024 * 1024
 
 
@@ -142,11 +157,11 @@ class AiohttpTransport:
         data: Any = body
         out = dict(headers)
         if body is not None and not isinstance(body, bytes):
-            size = sum(len(p) for p in body)
-            if size <= JOIN_MAX:
-                data = b"".join(body)
+            size = body_size(body)
+            if size <= JOIN_MAX and all(type(p) is bytes for p in body):
+                data = b"".join(body)  # type: ignore[arg-type]  # all bytes: checked above
             else:
-                data = _pieces(body)
+                data = PiecesPayload(body, size)
                 out["content-length"] = str(size)
         return {
             "headers": out, "data": data, "timeout": timeout, "proxy": self._proxy,
@@ -202,9 +217,139 @@ class AiohttpTransport:
             await self._session.close()
 
 
-async def _pieces(body: Sequence[bytes]) -> AsyncIterator[bytes]:
-    for piece in body:
-        yield piece
+class PiecesPayload(Payload):
+    """A body of pieces (app/upstream/body.py) as an aiohttp payload of known size.
+
+    Made afresh for every attempt and never consumed: the pieces are read by offset, so a
+    retry sends the same bytes. `bytes` pieces are written as they are; a `SpooledBlob` goes
+    with `sendfile(2)` when the connection is a plain TCP socket, else (TLS, where the bytes
+    must pass through the TLS layer) in bounded `pread`s; a `Base64Blob` is encoded chunk by
+    chunk. At most one chunk (256 KiB, or its base64) of a spooled image is in memory at once.
+    """
+
+    _autoclose = True  # nothing to close: the spool owns the files
+    _size: int  # always known: every piece has an exact length
+
+    def __init__(self, pieces: Sequence[Piece], size: int) -> None:
+        super().__init__(pieces, content_type=None)
+        self._pieces = pieces
+        self._size = size
+
+    def decode(self, encoding: str = "utf-8", errors: str = "strict") -> str:
+        """The whole body as text: for debugging only (reads every piece into memory)."""
+        return b"".join(bytes(c) for c in _chunks(self._pieces)).decode(encoding, errors)
+
+    async def write(self, writer: AbstractStreamWriter) -> None:
+        await self.write_with_length(writer, None)
+
+    async def write_with_length(
+        self, writer: AbstractStreamWriter, content_length: int | None
+    ) -> None:
+        left = self._size if content_length is None else min(content_length, self._size)
+        for piece in self._pieces:
+            if left <= 0:
+                return
+            if isinstance(piece, SpooledBlob):
+                count = min(len(piece), left)
+                if not await _sendfile(writer, piece, count):
+                    for chunk in _file_range(piece, count):
+                        await writer.write(chunk)
+                left -= count
+                continue
+            for chunk in _chunks((piece,)):
+                if len(chunk) > left:
+                    chunk = chunk[:left]
+                await writer.write(chunk)
+                left -= len(chunk)
+
+
+def _chunks(pieces: Sequence[Piece]) -> Iterator[bytes]:
+    """The bytes of `pieces` in order, a spooled or encoded piece in bounded chunks."""
+    for piece in pieces:
+        if isinstance(piece, bytes):
+            yield piece
+        else:
+            yield from piece.chunks()
+
+
+def _file_range(blob: SpooledBlob, count: int) -> Iterator[bytes]:
+    """The first `count` bytes of `blob` in bounded `pread`s."""
+    for chunk in blob.chunks():
+        if len(chunk) >= count:
+            yield chunk[:count]
+            return
+        yield chunk
+        count -= len(chunk)
+
+
+async def _sendfile(writer: AbstractStreamWriter, blob: SpooledBlob, count: int) -> bool:
+    """Send the first `count` bytes of `blob` with `sendfile(2)` straight from the spool file
+    to the socket, or return False when the connection cannot take it (TLS, chunked).
+
+    asyncio's `loop.sendfile` would do this, but uvloop (the server's loop) does not implement
+    it, so the loop is ours: aiohttp buffers the request head in its `StreamWriter` and writes
+    earlier pieces through the transport, so first the head is flushed and the transport's
+    buffer drained (the kernel then has every earlier byte, in order); then `sendfile` runs on
+    a duplicate of the socket's descriptor (the loop refuses a writer callback on a descriptor
+    its transport owns) and waits for writability when the socket is full. The writer's byte
+    count is kept right for aiohttp's upload accounting. A failure (peer reset, cancel) leaves
+    a half-sent body: aiohttp closes that connection, as for any failed write.
+    """
+    transport = getattr(writer, "transport", None)
+    if (
+        transport is None
+        or transport.is_closing()
+        or getattr(writer, "chunked", True)
+        or transport.get_extra_info("ssl_object") is not None
+    ):
+        return False
+    sock = transport.get_extra_info("socket")
+    if sock is None:
+        return False
+    writer.send_headers()
+    await _drained(writer, transport)
+    loop = asyncio.get_running_loop()
+    fd = os.dup(sock.fileno())
+    try:
+        sent = 0
+        while sent < count:
+            try:
+                n = os.sendfile(fd, blob.fd, sent, count - sent)
+            except BlockingIOError:  # the socket's buffer is full: wait until it drains
+                writable = loop.create_future()
+                loop.add_writer(fd, writable.set_result, None)
+                try:
+                    await writable
+                finally:
+                    loop.remove_writer(fd)
+                continue
+            if n == 0:
+                raise OSError(f"spool file ended at {sent} of {count} bytes")
+            sent += n
+    finally:
+        os.close(fd)
+    writer.output_size += count
+    notify = getattr(writer, "on_body_write", None)
+    if notify is not None:
+        notify(count, writer.output_size)
+    return True
+
+
+async def _drained(writer: AbstractStreamWriter, transport: asyncio.Transport) -> None:
+    """Wait until `transport` has handed every buffered byte to the kernel: its high-water
+    mark goes to 0 for the wait, so aiohttp's `drain()` returns only once the buffer is empty."""
+    if not transport.get_write_buffer_size():
+        return
+    low, high = transport.get_write_buffer_limits()
+    transport.set_write_buffer_limits(high=0, low=0)
+    try:
+        while transport.get_write_buffer_size():
+            if transport.is_closing():
+                raise ConnectionResetError("the upstream closed the connection")
+            await writer.drain()
+            await asyncio.sleep(0)
+    finally:
+        transport.set_write_buffer_limits(high=high, low=low)
 
 
 def ssl_context(ca_file: str | None) -> ssl.SSLContext | None:
