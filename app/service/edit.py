@@ -33,7 +33,7 @@ from app.storage import StorageError
 from app.store.base import ApiKey, TaskRecord
 from app.tasks.base import TASK_RETENTION_S, Task, task_record_bytes
 from app.tasks.inputs import TaskInputs
-from app.tasks.payload import decode_request, encode_request, request_fingerprint
+from app.tasks.payload import decode_request, frame_request, request_fingerprint
 from app.tasks.queue import TaskQueue
 
 if TYPE_CHECKING:
@@ -203,7 +203,7 @@ class EditService:
         stashed = False
         try:
             # The images go to object storage; the queue keeps only a reference.
-            ref = await self.inputs.stash(task_id, encode_request(prep.req, meta=meta))
+            ref = await self.inputs.stash(task_id, frame_request(prep.req, meta=meta))
             stashed = True
             await self.tasks.enqueue(task, ref)
         except Exception as exc:  # the hold refunds on the way out

@@ -1,4 +1,11 @@
-"""Objects as files under one directory: the single-machine default (`<data_dir>/files`)."""
+"""Objects as files under one directory: the single-machine default (`<data_dir>/files`).
+
+Every write goes to a temporary file in the target's directory and is renamed over it, so a
+reader never sees half an object. A file-backed piece is copied in 256 KiB `pread`s: measured
+faster than the kernel's `copy_file_range` here, whose page-by-page splice is slow when the
+destination offset is not page-aligned, as an image after a task's header never is (8 MB:
+8.1 ms against 13.5 ms of CPU, bench/results/2026-11-29-upstream-body.md).
+"""
 
 from __future__ import annotations
 
@@ -6,10 +13,10 @@ import asyncio
 import contextlib
 import os
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
-from app.storage.base import ObjectInfo, Opened, check_key
+from app.storage.base import ObjectInfo, Opened, Piece, check_key, piece_chunks, pieces_size
 
 _CHUNK = 1024 * 1024
 _INLINE = 256 * 1024  # writes below this stay on the event loop (one syscall, no thread hop)
@@ -26,11 +33,14 @@ class LocalStorage:
         return self.root / check_key(key)
 
     async def put(self, key: str, data: bytes) -> None:
+        await self.put_pieces(key, (data,))
+
+    async def put_pieces(self, key: str, pieces: Sequence[Piece]) -> None:
         path = self._path(key)
-        if len(data) < _INLINE:
-            _write(path, data)
+        if pieces_size(pieces) < _INLINE:
+            _write(path, pieces)
         else:
-            await asyncio.to_thread(_write, path, data)
+            await asyncio.to_thread(_write, path, pieces)
 
     async def get(self, key: str) -> bytes | None:
         path = self._path(key)
@@ -70,11 +80,23 @@ class LocalStorage:
         pass
 
 
-def _write(path: Path, data: bytes) -> None:
+def _write(path: Path, pieces: Sequence[Piece]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        try:
+            for chunk in piece_chunks(pieces):
+                view = memoryview(chunk)
+                while view:
+                    view = view[os.write(fd, view) :]
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise
 
 
 async def _chunks(fh) -> AsyncIterator[bytes]:  # type: ignore[no-untyped-def]

@@ -6,11 +6,16 @@ presigning is a local computation with no I/O. Credentials: the configured pair,
 standard AWS chain through boto3's session when boto3 is installed (environment, shared
 config/credentials files and profiles, web identity, container and instance metadata), else
 obstore's own environment/web-identity/metadata lookup.
+
+`put_pieces` streams an object made of pieces (a queued task's header and spooled images):
+an object up to one part (5 MiB) goes as one PUT; a larger one as a multipart upload fed
+chunk by chunk from the files, at most two parts in flight, so a put holds about 10 MiB of it
+in memory whatever its size (S3 needs each part whole before sending it).
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -21,9 +26,19 @@ from obstore.store import S3Store
 if TYPE_CHECKING:
     from obstore.store import ClientConfig, RetryConfig
 
-from app.storage.base import ObjectInfo, Opened, StorageError, check_key
+from app.storage.base import (
+    ObjectInfo,
+    Opened,
+    Piece,
+    StorageError,
+    check_key,
+    piece_chunks,
+    pieces_size,
+)
 
 _STREAM_CHUNK = 1024 * 1024
+_PART = 5 * 1024 * 1024  # S3's smallest multipart part (but the last)
+_PARTS_IN_FLIGHT = 2
 _NOT_FOUND = (NotFoundError, FileNotFoundError)
 _MAX_PRESIGN_S = 7 * 24 * 3600  # SigV4 limit
 
@@ -78,6 +93,20 @@ class S3Storage:
         check_key(key)
         try:
             await obstore.put_async(self.store, key, data)
+        except Exception as exc:
+            raise StorageError(f"s3 put failed: {exc}") from exc
+
+    async def put_pieces(self, key: str, pieces: Sequence[Piece]) -> None:
+        check_key(key)
+        try:
+            if pieces_size(pieces) <= _PART:
+                data = b"".join(piece_chunks(pieces))
+                await obstore.put_async(self.store, key, data, use_multipart=False)
+            else:
+                await obstore.put_async(
+                    self.store, key, piece_chunks(pieces), chunk_size=_PART,
+                    max_concurrency=_PARTS_IN_FLIGHT,
+                )  # fmt: skip
         except Exception as exc:
             raise StorageError(f"s3 put failed: {exc}") from exc
 

@@ -5,13 +5,19 @@ gigabytes of memory. So the encoded request (`payload.py`) is written to storage
 `inputs/<task id>` and the queue stores a short reference in its place. The worker loads it
 back when it runs the task, and the inputs are deleted once the task's outcome is recorded.
 Payloads queued inline (before this existed) still load as they are.
+
+The payload is stashed as its frame's pieces (`payload.frame_request`): storage writes a
+spooled image from its file (`ObjectStorage.put_pieces`), so queueing a large upload does not
+read it into memory. Only an inline payload, which the queue itself must hold, is joined.
 """
 
 from __future__ import annotations
 
 import time
 
+from app.domain.blob import Blob
 from app.storage import ObjectStorage
+from app.tasks.payload import join_frame
 
 REF_MAGIC = b"IGR1"
 FOLDER = "inputs"
@@ -29,12 +35,13 @@ class TaskInputs:
     def key(task_id: str) -> str:
         return f"{FOLDER}/{task_id}"
 
-    async def stash(self, task_id: str, payload: bytes) -> bytes:
-        """Store `payload`; returns the reference to enqueue instead."""
+    async def stash(self, task_id: str, frame: list[Blob]) -> bytes:
+        """Store the payload `frame` (`payload.frame_request`); returns what to enqueue: a
+        reference to it, or the payload itself when queued inline."""
         if self.inline:
-            return payload
+            return join_frame(frame)
         key = self.key(task_id)
-        await self.storage.put(key, payload)
+        await self.storage.put_pieces(key, frame)
         return REF_MAGIC + key.encode()
 
     async def load(self, payload: bytes) -> bytes | None:

@@ -6,7 +6,10 @@ encode and parse). The frame is
     b"IGT1" | u32 big-endian header length | header (JSON) | blob 0 | blob 1 | ...
 
 where the header holds every scalar field plus, for each image, its metadata and blob length,
-and the blobs are the raw bytes in header order. Encoding is one join; decoding slices a
+and the blobs are the raw bytes in header order. `frame_request` returns the frame as pieces
+(the header bytes, then each image's `Blob` by reference) for object storage to write, a spooled
+image straight from its file (`ObjectStorage.put_pieces`); `encode_request` joins them into one
+buffer where the bytes must be in memory (a payload queued inline). Decoding slices a
 memoryview, copying each image once into its `bytes`.
 
 `meta` is a free dict stored beside the request for what the handler needs and the request
@@ -22,7 +25,7 @@ from typing import Any
 
 import orjson
 
-from app.domain.blob import blob_bytes
+from app.domain.blob import Blob, SpooledBlob
 from app.domain.edit import EditRequest, Image, ImageRef
 
 MAGIC = b"IGT1"
@@ -35,8 +38,8 @@ class PayloadError(ValueError):
     """The bytes are not a task payload this version can read."""
 
 
-def _image_meta(img: Image, blobs: list[bytes]) -> dict[str, Any]:
-    blobs.append(blob_bytes(img.data))
+def _image_meta(img: Image, blobs: list[Blob]) -> dict[str, Any]:
+    blobs.append(img.data)
     return {
         "mime": img.mime,
         "width": img.width,
@@ -46,25 +49,26 @@ def _image_meta(img: Image, blobs: list[bytes]) -> dict[str, Any]:
     }
 
 
-def _ref_meta(ref: ImageRef, blobs: list[bytes], keep_data: bool) -> dict[str, Any]:
+def _ref_meta(ref: ImageRef, blobs: list[Blob], keep_data: bool) -> dict[str, Any]:
     out: dict[str, Any] = {"param": ref.param, "url": ref.url, "len": None}
     if keep_data and ref.data is not None:
-        blobs.append(blob_bytes(ref.data))
+        blobs.append(ref.data)
         out["len"] = len(ref.data)
     return out
 
 
-def encode_request(
+def frame_request(
     req: EditRequest, *, meta: dict[str, Any] | None = None, keep_ref_data: bool | None = None
-) -> bytes:
-    """Frame `req` (and `meta`) for storage with its task.
+) -> list[Blob]:
+    """Frame `req` (and `meta`) for storage with its task: the header, then the images by
+    reference (a spooled one stays in its file).
 
     Uploaded bytes in `image_refs` duplicate `images` once those are resolved, so by default
     they are kept only while `images` is still empty (`keep_ref_data=None`); pass True/False
     to decide explicitly. URLs and params of the refs are always kept.
     """
     keep = (not req.images and req.mask is None) if keep_ref_data is None else keep_ref_data
-    blobs: list[bytes] = []
+    blobs: list[Blob] = []
     header: dict[str, Any] = {
         "v": 1,
         "fields": {name: getattr(req, name) for name in _SCALARS},
@@ -75,7 +79,20 @@ def encode_request(
         "meta": meta or {},
     }
     head = orjson.dumps(header)
-    return b"".join([MAGIC, _LEN.pack(len(head)), head, *blobs])
+    return [MAGIC + _LEN.pack(len(head)) + head, *blobs]
+
+
+def join_frame(frame: list[Blob]) -> bytes:
+    """A frame as one buffer, spooled images read whole: only where the payload must be in
+    memory (a task queued inline, tests)."""
+    return b"".join(b if isinstance(b, bytes) else b.read_all() for b in frame)
+
+
+def encode_request(
+    req: EditRequest, *, meta: dict[str, Any] | None = None, keep_ref_data: bool | None = None
+) -> bytes:
+    """`frame_request` joined into one buffer."""
+    return join_frame(frame_request(req, meta=meta, keep_ref_data=keep_ref_data))
 
 
 class _Reader:
@@ -142,7 +159,17 @@ def request_fingerprint(req: EditRequest) -> str:
     for ref in refs:
         h.update(b"\x00ref:" + ref.param.encode() + b"\x00")
         if ref.data is not None:
-            h.update(hashlib.sha256(blob_bytes(ref.data)).digest())
+            h.update(_sha256(ref.data))
         else:
             h.update(b"url:" + (ref.url or "").encode())
     return h.hexdigest()
+
+
+def _sha256(blob: Blob) -> bytes:
+    """The digest of an image, a spooled one hashed chunk by chunk from its file."""
+    if not isinstance(blob, SpooledBlob):
+        return hashlib.sha256(blob).digest()
+    h = hashlib.sha256()
+    for chunk in blob.chunks():
+        h.update(chunk)
+    return h.digest()

@@ -10,7 +10,6 @@ import os
 import ssl
 import subprocess
 import sys
-import tempfile
 from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Any
@@ -38,24 +37,15 @@ from tests.adapters import (
     parse_multipart,
 )
 from tests.adapters.test_caller import banana, gemini_ok, gpt
+from tests.support.spool import Spooler
 
 Spool = Callable[[bytes], SpooledBlob]
 
 
 @pytest.fixture
 def spool() -> Iterator[Spool]:
-    """Blobs in unnamed temporary files, like the request spool's (closed after the test)."""
-    fds: list[int] = []
-
-    def make(data: bytes) -> SpooledBlob:
-        fd = os.open(tempfile.gettempdir(), os.O_TMPFILE | os.O_RDWR, 0o600)
-        fds.append(fd)
-        os.write(fd, data)
-        return SpooledBlob(fd, len(data))
-
-    yield make
-    for fd in fds:
-        os.close(fd)
+    with Spooler() as spooler:
+        yield spooler
 
 
 def joined(pieces: bytes | list[Piece] | Any) -> bytes:
@@ -85,15 +75,11 @@ def joined(pieces: bytes | list[Piece] | Any) -> bytes:
 def test_base64_chunks_concatenate_to_the_encoding_of_the_whole(
     data: bytes, chunk: int, spooled: bool
 ) -> None:
-    fd = os.open(tempfile.gettempdir(), os.O_TMPFILE | os.O_RDWR, 0o600)
-    try:
-        os.write(fd, data)
-        piece = Base64Blob(SpooledBlob(fd, len(data)) if spooled else data)
+    with Spooler() as spool:
+        piece = Base64Blob(spool(data) if spooled else data)
         out = b"".join(piece.chunks(3 * chunk))
         assert out == base64.b64encode(data)
         assert len(piece) == len(out)
-    finally:
-        os.close(fd)
 
 
 def test_base64_chunks_must_be_whole_groups_of_three() -> None:

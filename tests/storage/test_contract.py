@@ -6,12 +6,14 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from pathlib import Path
 
 import httpx
 import pytest
 
-from app.storage import ObjectStorage, check_key
+from app.storage import ObjectStorage, StorageError, check_key
 from tests.support.s3_server import S3Endpoint, assert_signed_expiry
+from tests.support.spool import Spooler
 
 
 async def test_put_get_head_delete_round_trip(storage: ObjectStorage) -> None:
@@ -76,3 +78,29 @@ async def test_presigned_get_works_then_expires(storage: ObjectStorage, s3: S3En
             await asyncio.sleep(3.2)
             late = await client.get(url)
             assert late.status_code == 403
+
+
+async def test_put_pieces_copies_file_backed_pieces(storage: ObjectStorage, tmp_path: Path) -> None:
+    """An object from bytes and spooled files: above one S3 part (a multipart upload) and
+    below it (one PUT); readers see the whole object, and no temporary file is left."""
+    big, small = os.urandom(6 * 1024 * 1024 + 5), os.urandom(70_000)
+    with Spooler() as spool:
+        await storage.put_pieces("inputs/t9", [b"head", spool(big), b"", spool(small), b"tail"])
+        assert await storage.get("inputs/t9") == b"head" + big + small + b"tail"
+        await storage.put_pieces("inputs/t9", [b"x", spool(small)])  # replaces it
+        assert await storage.get("inputs/t9") == b"x" + small
+        await storage.put_pieces("inputs/t8", [])
+        assert await storage.get("inputs/t8") == b""
+    info = await storage.head("inputs/t9")
+    assert info is not None and info.size == 1 + len(small)
+    if storage.kind == "local":
+        assert sorted(p.name for p in (tmp_path / "files" / "inputs").iterdir()) == ["t8", "t9"]
+
+
+async def test_put_pieces_refuses_a_file_shorter_than_said(storage: ObjectStorage) -> None:
+    with Spooler() as spool:
+        short = spool(b"abc")
+        short.size = 10  # the file holds 3 bytes
+        with pytest.raises((StorageError, OSError)):
+            await storage.put_pieces("inputs/short", [b"x", short])
+    assert await storage.get("inputs/short") is None  # nothing half-written

@@ -9,6 +9,7 @@ import pytest
 
 from app.domain.edit import EditRequest, Image, ImageRef
 from app.tasks.payload import PayloadError, decode_request, encode_request, request_fingerprint
+from tests.support.spool import Spooler
 
 
 def _request() -> EditRequest:
@@ -80,3 +81,13 @@ def test_fingerprint_tracks_what_the_client_sent() -> None:
     assert fp != request_fingerprint(replace(req, prompt="make it red"))
     refs = [ImageRef(param="image[0]", data=b"other"), req.image_refs[1]]
     assert fp != request_fingerprint(replace(req, image_refs=refs))
+
+
+def test_fingerprint_of_a_spooled_upload_is_that_of_its_bytes() -> None:
+    data = os.urandom(700_000)  # more than one chunk
+    req = replace(_request(), images=[], mask=None, mask_ref=None)
+    with Spooler() as spool:
+        refs = [ImageRef(param="image[0]", data=spool(data)), req.image_refs[1]]
+        spooled = request_fingerprint(replace(req, image_refs=refs))
+    in_memory = [ImageRef(param="image[0]", data=data), req.image_refs[1]]
+    assert spooled == request_fingerprint(replace(req, image_refs=in_memory))
