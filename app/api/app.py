@@ -9,9 +9,10 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app import __version__
-from app.api.middleware import FastRoutes, RequestContextMiddleware, TracingMiddleware
+from app.api.middleware import RequestContextMiddleware, TracingMiddleware
 from app.api.responses import JSONResponse, error_response
 from app.api.routes import (
     admin,
@@ -35,6 +36,28 @@ from app.gateway import Gateway
 _HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
 
 
+class GatewayApp(FastAPI):
+    """FastAPI, with the hottest endpoints (`edits.FAST_ROUTES`) answered before its layers.
+
+    A request for one of `fast_routes` goes straight to its handler wrapped in our two
+    middlewares (request context, and tracing when on): FastAPI's error, telemetry and body
+    limit layers and its router would only pass it through (the handler turns every error into
+    the envelope itself; measured in bench/results/2026-11-29-hotpath.md). Every other request
+    takes FastAPI's full stack, which has the same two middlewares.
+    """
+
+    fast_routes: dict[tuple[str, str], ASGIApp]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            handler = self.fast_routes.get((scope["method"], scope["path"]))
+            if handler is not None:
+                scope["app"] = self  # what Starlette sets: `request.app` finds the gateway
+                await handler(scope, receive, send)
+                return
+        await super().__call__(scope, receive, send)
+
+
 def create_app(
     settings: Settings | None = None,
     config: GatewayConfig | None = None,
@@ -52,7 +75,7 @@ def create_app(
         finally:
             await gw.aclose()
 
-    app = FastAPI(
+    app = GatewayApp(
         title="imagegate",
         version=__version__,
         description="OpenAI-compatible image-edit gateway",
@@ -92,8 +115,15 @@ def create_app(
     for module in (edits, files, health, me, tasks, admin, audit, admin_tasks, channels, reload):
         app.include_router(module.router)
     console.install(app)
-    app.add_middleware(FastRoutes, routes=edits.FAST_ROUTES)
     if tracing.enabled():  # off: not even a pass-through layer
         app.add_middleware(TracingMiddleware)
     app.add_middleware(RequestContextMiddleware)  # added last: outermost of the two
+    app.fast_routes = {route: _wrapped(handler) for route, handler in edits.FAST_ROUTES.items()}
     return app
+
+
+def _wrapped(handler: ASGIApp) -> ASGIApp:
+    """A fast route's handler inside the same two middlewares every other request passes."""
+    if tracing.enabled():
+        handler = TracingMiddleware(handler)
+    return RequestContextMiddleware(handler)
