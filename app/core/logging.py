@@ -112,6 +112,12 @@ def setup_logging(level: str = "info", log_format: str | None = None) -> LogForm
     handler = logging.StreamHandler(stream)
     handler.setFormatter(JsonFormatter() if chosen == "json" else TextFormatter())
     handler.addFilter(_DropQuiet())
+    # Neither rendering shows the caller's file/line or the thread, so records need not find
+    # them: walking the stack for every record (`findCaller`) was most of the cost of the
+    # access line written per request (bench/results/2026-11-29-hotpath.md).
+    logging._srcfile = None  # a documented switch (the logging HOWTO, Optimization)
+    logging.logThreads = False
+    logging.logMultiprocessing = False
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
