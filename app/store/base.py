@@ -341,9 +341,23 @@ def hash_secret(secret: str) -> str:
     return hashlib.sha256(secret.encode("utf-8")).hexdigest()
 
 
+_DAY_S = 86_400
+_day: tuple[float, float, str] = (0.0, 0.0, "")  # [start, end) of the last day asked, its name
+
+
 def utc_day(ts: float) -> str:
-    """The UTC calendar day (YYYY-MM-DD) of a unix time: the `day` group of `usage_summary`."""
-    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d")
+    """The UTC calendar day (YYYY-MM-DD) of a unix time: the `day` group of `usage_summary`.
+
+    Unix time has no leap seconds, so a UTC day is exactly [k*86400, (k+1)*86400); the last
+    day named is remembered (admit and settle ask for it on every request)."""
+    global _day
+    start, end, name = _day
+    if start <= ts < end:
+        return name
+    name = datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d")
+    start = ts // _DAY_S * _DAY_S
+    _day = (start, start + _DAY_S, name)
+    return name
 
 
 def check_key_id(key_id: str) -> str:

@@ -104,6 +104,11 @@ class _Conn(asyncio.Protocol):
         return futs[-1]
 
 
+def _expire(fut: asyncio.Future[Any]) -> None:
+    if not fut.done():
+        fut.set_exception(TimeoutError())
+
+
 def _consume(fut: asyncio.Future[Any]) -> None:
     if not fut.cancelled():
         fut.exception()
@@ -176,12 +181,17 @@ class RespClient:
         conn = await self._conn()
         payload = _encode(args)
         fut = conn.send(_ASKING + payload, replies=2) if asking else conn.send(payload)
+        # A timer on the reply's future, not `asyncio.wait_for` (which wraps it in another
+        # future and callback on every call): on expiry the future fails with TimeoutError.
+        timer = asyncio.get_running_loop().call_later(self.timeout_s, _expire, fut)
         try:
-            return await asyncio.wait_for(fut, self.timeout_s)
+            return await fut
         except TimeoutError:
             # The reply may still come; the connection can no longer be trusted to match it.
             conn.abort(ConnectionError("redis call timed out"))
             raise TimeoutError("redis call timed out") from None
+        finally:
+            timer.cancel()
 
     async def evalsha(self, sha: str, script: str, keys: list[str], args: list[Any]) -> Any:
         """EVALSHA, loading the script once if the server does not know it (a restart)."""
