@@ -186,6 +186,7 @@ class Meter:
         self.clock = clock
         self.metrics = metrics
         self._cache: dict[str, tuple[float, ApiKey]] = {}
+        self._pending: dict[str, asyncio.Future[ApiKey | None]] = {}
         self._ttl = config.metering.key_cache_ttl_s
         self.costs = CostBook(config)
 
@@ -207,22 +208,38 @@ class Meter:
         if cached is not None and cached[0] > now:
             key = cached[1]
         else:
-            try:
-                found = await self.store.find_key_by_hash(digest)
-            except StoreUnavailable:
-                raise unavailable() from None
-            if found is None:
-                raise _invalid()
-            key = found
-            if len(self._cache) > 10_000:
-                self._cache.clear()
-            self._cache[digest] = (now + self._ttl, key)
+            key = await self._look_up(digest, now)
         # Constant-time confirmation of the stored hash (the dict lookup is by hash already).
         if not hmac.compare_digest(key.key_hash, digest):
             raise _invalid()
         if key.disabled or (key.expires_at is not None and key.expires_at <= now):
             raise _invalid()
         return key
+
+    async def _look_up(self, digest: str, now: float) -> ApiKey:
+        """The store's answer for a bearer hash, cached for `key_cache_ttl_s`. When the cache
+        lapses under load every request in flight would miss at once; they share one lookup
+        instead (shielded: a caller that goes away does not cancel it for the others)."""
+        pending = self._pending.get(digest)
+        if pending is None:
+            pending = asyncio.ensure_future(self.store.find_key_by_hash(digest))
+            self._pending[digest] = pending
+            pending.add_done_callback(lambda f: self._lookup_done(digest, f))
+        try:
+            found = await asyncio.shield(pending)
+        except StoreUnavailable:
+            raise unavailable() from None
+        if found is None:
+            raise _invalid()
+        if len(self._cache) > 10_000:
+            self._cache.clear()
+        self._cache[digest] = (now + self._ttl, found)
+        return found
+
+    def _lookup_done(self, digest: str, fut: asyncio.Future[ApiKey | None]) -> None:
+        self._pending.pop(digest, None)
+        if not fut.cancelled():
+            fut.exception()  # retrieved: its callers may all have gone
 
     def forget(self, key_id: str) -> None:
         """Drop a key from this process's cache (admin changes on this replica)."""

@@ -7,6 +7,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -158,6 +159,50 @@ async def test_forget_only_drops_that_key(meter: Meter, admin: KeyAdmin) -> None
     meter.forget(a.key.id)
     await expect("invalid_token", 401, meter.authenticate(bearer(a)))
     assert (await meter.authenticate(bearer(b))).id == b.key.id
+
+
+class CountingStore(SQLiteStore):
+    """The real SQLite store, counting bearer lookups (how many reached the store)."""
+
+    lookups = 0
+
+    async def find_key_by_hash(self, key_hash: str) -> Any:
+        self.lookups += 1
+        await asyncio.sleep(0.01)  # answers later, as a store over the network does
+        return await super().find_key_by_hash(key_hash)
+
+
+async def test_concurrent_misses_share_one_lookup(
+    tmp_path: Path, config: GatewayConfig, clock: Clock
+) -> None:
+    """When the key cache lapses under load, the requests in flight wait for one store lookup
+    instead of each making its own; a caller that goes away does not cancel it for the rest."""
+    store = CountingStore(tmp_path / "imagegate.db", synchronous="NORMAL")
+    try:
+        admin = KeyAdmin(store, set(config.models))
+        new = await admin.create(by=ACTOR, name="a", credits=0)
+        meter = Meter(store, config, clock=clock)
+        leaver = asyncio.ensure_future(meter.authenticate(bearer(new)))
+        calls = [meter.authenticate(bearer(new)) for _ in range(20)]
+        await asyncio.sleep(0)
+        leaver.cancel()
+        keys = await asyncio.gather(*calls)
+        assert {k.id for k in keys} == {new.key.id} and store.lookups == 1
+        await meter.authenticate(bearer(new))  # cached
+        assert store.lookups == 1
+        clock.advance(config.metering.key_cache_ttl_s)  # lapsed: one more lookup for all
+        await asyncio.gather(*(meter.authenticate(bearer(new)) for _ in range(5)))
+        assert store.lookups == 2
+        # an unknown bearer: every waiter is refused, the refusal is not cached
+        errs = await asyncio.gather(
+            *(meter.authenticate("Bearer ig-unknown") for _ in range(5)), return_exceptions=True
+        )
+        assert all(isinstance(e, GatewayError) and e.code == "invalid_token" for e in errs)
+        assert store.lookups == 3
+        await expect("invalid_token", 401, meter.authenticate("Bearer ig-unknown"))
+        assert store.lookups == 4
+    finally:
+        await store.close()
 
 
 def test_check_model(meter: Meter) -> None:
