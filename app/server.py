@@ -18,6 +18,7 @@ from collections.abc import Callable, Coroutine, Iterator
 from typing import Any
 
 import uvicorn
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from app.core import tracing
 from app.core.config import ConfigError, GatewayConfig, Settings, load_config
@@ -195,6 +196,47 @@ async def _quietly(coro: Coroutine[Any, Any, None]) -> None:
         await coro
 
 
+class _Body:
+    """A request body's pieces as the parser hands them over, not yet joined.
+
+    uvicorn keeps the pieces that arrived between two `receive()` calls in a bytearray
+    (`body += piece`) and gives the app `bytes(body)`: two copies of every upload before the
+    app sees it. This keeps the pieces instead: `bytes()` returns the piece itself when one
+    arrived (the usual case: the app reads as the data comes), else joins them once
+    (bench/results/2026-11-29-hotpath.md)."""
+
+    __slots__ = ("parts", "size")
+
+    def __init__(self) -> None:
+        self.parts: list[bytes] = []
+        self.size = 0
+
+    def __iadd__(self, piece: bytes) -> _Body:
+        self.parts.append(piece)
+        self.size += len(piece)
+        return self
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __bytes__(self) -> bytes:
+        return self.parts[0] if len(self.parts) == 1 else b"".join(self.parts)
+
+
+class HttpProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol, with the request body kept as `_Body` pieces. Everything
+    else (flow control, keep-alive, limits) is uvicorn's own."""
+
+    def on_body(self, body: bytes) -> None:
+        cycle: Any = self.cycle
+        if type(cycle.body) is not _Body:  # a fresh bytearray: uvicorn's, after each receive
+            pending = bytes(cycle.body)
+            cycle.body = _Body()
+            if pending:
+                cycle.body += pending
+        super().on_body(body)
+
+
 class _Server(uvicorn.Server):
     """uvicorn's server, with the shutdown imagegate promises.
 
@@ -302,7 +344,7 @@ async def _main(
     app = create_app(settings, config, gateway=gateway)
     main = _Server(
         uvicorn.Config(
-            app, host=host, port=port, log_level=settings.log_level, http="httptools",
+            app, host=host, port=port, log_level=settings.log_level, http=HttpProtocol,
             lifespan="on", access_log=False, log_config=None, timeout_keep_alive=30,
             timeout_graceful_shutdown=config.server.shutdown_grace_s,  # type: ignore[arg-type]
         ),
