@@ -21,14 +21,13 @@ import platform
 import statistics
 import subprocess
 import sys
-import time
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 from bench import gateway as gwmod
 from bench.loadgen import WrkResult
-from bench.procs import free_port, port_open
+from bench.procs import free_port
 from bench.profile_edit import (
     Rig,
     callgrind_run,
@@ -37,6 +36,7 @@ from bench.profile_edit import (
     line,
     rig,
     run_once,
+    start_argv,
     start_plain,
 )
 
@@ -66,19 +66,7 @@ def granian_app() -> Any:
 
 
 def start_granian(r: Rig, gw: gwmod.Gateway, callgrind: bool = False) -> None:
-    argv = granian_argv(gw.port)
-    if callgrind:  # the forked worker stays under valgrind; instrumented only when asked
-        gw.env = gw.env | {"IMAGEGATE_WORKERS": "0"}
-        out = r.run_dir / "callgrind.granian.%p"
-        argv = ["valgrind", "--tool=callgrind", "--instr-atstart=no",
-                f"--callgrind-out-file={out}", *argv]  # fmt: skip
-    gw.managed = r.sup.start("granian", argv, env=gw.env, cwd=gwmod.REPO)
-    deadline = time.monotonic() + (600 if callgrind else 60)
-    while not (port_open(gw.port) and gwmod._get(gw.port, "/readyz", 30) == 200):
-        if time.monotonic() > deadline or not gw.managed.alive():
-            raise RuntimeError(f"granian did not start:\n{gw.managed.log_tail()}")
-        time.sleep(0.5)
-    gwmod.verify_multipart(gw, r.small.read_bytes())
+    start_argv(r, gw, granian_argv(gw.port), gwmod.REPO, "granian", callgrind)
 
 
 def versions() -> str:

@@ -178,10 +178,18 @@ def pyspy(r: Rig, image: Path, connections: int, seconds: float, out: str) -> No
 
 
 def start_plain(r: Rig, gw: gwmod.Gateway, tree: Path, name: str, callgrind: bool) -> None:
-    """`imagegate serve --workers 1` from `tree`, optionally under callgrind (instrumentation
-    off until `callgrind_run` turns it on, so start-up and warm-up are not counted)."""
+    """`imagegate serve --workers 1` from `tree` (see `start_argv`)."""
     argv = [sys.executable, "-c", "import sys; from app.cli import main; sys.exit(main())"]
     argv += ["serve", "--host", "127.0.0.1", "--port", str(gw.port), "--workers", "1"]
+    start_argv(r, gw, argv, tree, name, callgrind)
+
+
+def start_argv(
+    r: Rig, gw: gwmod.Gateway, argv: list[str], tree: Path, name: str, callgrind: bool
+) -> None:
+    """Start a gateway server command and wait until it answers an edit; with `callgrind`,
+    under valgrind with instrumentation off until `callgrind_run` turns it on (start-up and
+    warm-up are not counted; a forked worker stays under valgrind too)."""
     if callgrind:
         # The task workers' queue polling is a cost per second, not per edit: off here, so the
         # few requests a run under valgrind manages are not buried under it.
