@@ -11,6 +11,9 @@ hits both alike. Per run: req/s, p50/p99 latency and the server's CPU per reques
 of its whole process tree from /proc, so granian's Rust threads count too).
 
 Scenarios: 100 KB edit at c=1 and c=32; 8 MB edit at c=1, c=8 and c=32.
+
+Needs granian in the environment (`pip install granian`): it is not a project dependency, the
+A/B kept uvicorn (bench/results/2026-11-29-asgi-ab.md). `--callgrind` also needs valgrind.
 """
 
 from __future__ import annotations

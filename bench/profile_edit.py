@@ -1,14 +1,16 @@
 """CPU per edit of ONE gateway worker, and a profile of it: the hot-path driver.
 
     python -m bench.profile_edit [--server uvicorn|granian] [--image small|large]
-        [-c 1] [--seconds 5] [--rounds 3] [--pyspy out.svg|out.json] [--keep]
+        [-c 1] [--seconds 5] [--rounds 3] [--pyspy out.svg|out.json|out.txt] [--keep]
+    python -m bench.profile_edit --other <another checkout> [--callgrind] ...   (A/B)
 
 Starts the bench's own nginx mock, redis-server and the gateway (one worker; `imagegate serve
 --workers 1`, or the same app under granian, see bench/asgi_ab.py), creates a key, checks one
 edit, then runs wrk `--rounds` times and prints per round: requests, req/s, p50/p99 and the
 gateway's CPU per request (utime+stime of its process tree from /proc, so a noisy neighbour
-costs wall time, not this number). `--pyspy` records a py-spy profile (native frames included)
-of the gateway during one more run of the same load.
+costs wall time, not this number). `--pyspy` records a py-spy profile (native frames with
+PYSPY_NATIVE=1) of the gateway during one more run of the same load (`pip install py-spy`; not a project
+dependency). `--callgrind` needs valgrind (Debian `valgrind`).
 """
 
 from __future__ import annotations
