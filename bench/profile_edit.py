@@ -9,8 +9,8 @@ Starts the bench's own nginx mock, redis-server and the gateway (one worker; `im
 edit, then runs wrk `--rounds` times and prints per round: requests, req/s, p50/p99 and the
 gateway's CPU per request (utime+stime of its process tree from /proc, so a noisy neighbour
 costs wall time, not this number). `--pyspy` records a py-spy profile (native frames with
-PYSPY_NATIVE=1) of the gateway during one more run of the same load (`pip install py-spy`; not a project
-dependency). `--callgrind` needs valgrind (Debian `valgrind`).
+PYSPY_NATIVE=1) of the gateway during one more run of the same load (`pip install py-spy`;
+not a project dependency). `--callgrind` needs valgrind (Debian `valgrind`).
 """
 
 from __future__ import annotations
