@@ -24,6 +24,7 @@ from app.core.metrics import Metrics
 from app.domain.audit import AuditLog
 from app.domain.keys import KeyAdmin
 from app.domain.metering import Meter
+from app.media import spool
 from app.media.fetch import GuardedFetcher
 from app.results import Results
 from app.service import EditService
@@ -90,6 +91,8 @@ class Gateway:
         self.metrics = Metrics()
         self.data_dir = Path(settings.data_dir)
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        # Large image bytes wait here during a request (app/media/spool.py); set at start-up.
+        self.spool_dir = spool.spool_dir(self.config.limits, self.data_dir)
         self.admin_key = ensure_admin_key(settings)
         self.store: Store = tracing.traced(open_store(settings.redis_url, self.data_dir), "store")
         self.adapters = build_adapters(self.config)
@@ -223,6 +226,7 @@ class Gateway:
     async def start(self, *, workers: bool = True) -> None:
         self._stop.clear()
         self._stop_claiming.clear()
+        spool.prepare(self.spool_dir)  # each process sweeps what a crashed one left
         if workers and self.worker is not None:
             self._tasks.append(asyncio.create_task(self.worker.run(self._stop_claiming)))
         self._tasks.append(asyncio.create_task(self.deliverer.run(self._stop)))

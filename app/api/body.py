@@ -10,9 +10,13 @@ This is the gateway's hot path, so it is built around three rules:
 - **Limits are enforced while reading.** The body, each file part, each text part and the image
   count are checked as bytes arrive, so an oversized or abusive upload is refused after reading at
   most one chunk past the limit, never after buffering it all.
-- **At most one copy of each file's bytes.** Part data arrives from python-multipart's streaming
-  parser as `(chunk, start, end)`; we keep zero-copy `memoryview` slices of the (immutable)
-  incoming chunks and `b"".join` them once when the part ends. No disk spooling, no threads.
+- **At most one copy of each file's bytes.** Part data arrives from the streaming parser as
+  `(chunk, start, end)`; we keep zero-copy `memoryview` slices of the (immutable) incoming
+  chunks and `b"".join` them once when the part ends. A file part of a body declared larger
+  than `limits.spool_threshold_bytes`, or one that grows past it, goes to the request's spool
+  file instead (app/media/spool.py), written as it arrives: large uploads never sit in memory.
+- **Images are sniffed on the fly.** The first bytes of an image file part name its format
+  (and for PNG, its size), so a non-image or an oversized PNG is refused before the rest is read.
 - **Nothing is dropped silently.** Unknown parameters, duplicates and wrongly typed values are a
   400 naming the parameter and the rule, because a gateway that ignores a typo'd `quality` charges
   for an image the client did not ask for.
@@ -37,7 +41,10 @@ from app.api.multipart import (
 )
 from app.core.config import LimitsConfig
 from app.core.errors import GatewayError, bad_request, too_large
+from app.domain.blob import Blob
 from app.domain.edit import BodyKind, EditRequest, ImageRef, Operation
+from app.media.sniff import HEAD_BYTES, check_head
+from app.media.spool import Spool, SpoolWriter
 
 __all__ = [
     "MAX_PROMPT_CHARS",
@@ -86,6 +93,7 @@ _TEXT_MISTAKE_MAX: Final = 4096
 _SCALAR: Final = 0
 _IMAGE: Final = 1
 _MASK: Final = 2
+_NEVER: Final = 1 << 62  # a spill size no part reaches
 
 
 async def parse_edit_body(
@@ -94,12 +102,16 @@ async def parse_edit_body(
     limits: LimitsConfig,
     *,
     default_model: str | None,
+    spool: Spool | None = None,
+    declared: int | None = None,
 ) -> EditRequest:
     """Read a request body from `chunks` and normalize it into an `EditRequest`.
 
     `content_type` is the request's `Content-Type` header; `chunks` is the body as it streams in
-    (Starlette's `request.stream()`). Raises `GatewayError` (400 `bad_request`,
-    400 `api_not_implemented` or 413 `payload_too_large`) for every bad input; the error's
+    (Starlette's `request.stream()`). `spool` takes large file parts (none: all in memory);
+    `declared` is the body's Content-Length when it has one. Raises `GatewayError`
+    (400 `bad_request`, 400 `api_not_implemented` or 413 `payload_too_large`) for every bad
+    input (503 if a large file cannot be spooled); the error's
     `param` names the offending parameter where there is one.
     """
     mime, options = _parse_content_type(content_type)
@@ -107,7 +119,7 @@ async def parse_edit_body(
         boundary = options.get(b"boundary")
         if not boundary:
             raise bad_request("multipart/form-data Content-Type has no boundary parameter")
-        return await _parse_multipart(boundary, chunks, limits, default_model)
+        return await _parse_multipart(boundary, chunks, limits, default_model, spool, declared)
     if mime == "application/json":
         return await _parse_json(chunks, limits, default_model)
     raise bad_request(CONTENT_TYPE_MESSAGE)
@@ -119,9 +131,12 @@ async def parse_generation_body(
     limits: LimitsConfig,
     *,
     default_model: str | None,
+    spool: Spool | None = None,
+    declared: int | None = None,
 ) -> EditRequest:
     """Read a generation body (JSON only, as OpenAI's) into an `EditRequest` with
-    `operation="generate"` and no images; the errors are those of `parse_edit_body`."""
+    `operation="generate"` and no images; the errors are those of `parse_edit_body`.
+    A generation has no file parts, so `spool` and `declared` are not used."""
     mime, _ = _parse_content_type(content_type)
     if mime != "application/json":
         raise bad_request("Content-Type must be application/json")
@@ -244,8 +259,10 @@ class _Multipart:
 
     One instance per request. Per part: headers are accumulated until `on_headers_finished`,
     which classifies the part (scalar field, image, mask) and refuses unknown, duplicate or
-    excess parts before any of their data is kept; `on_part_data` keeps zero-copy slices and
-    enforces the part's byte cap; `on_part_end` joins the slices once and files the value.
+    excess parts before any of their data is kept; `on_part_data` enforces the part's byte
+    cap, sniffs an image file's first bytes, and keeps zero-copy slices -- or appends to a spool
+    file once the part is large (`spill_at`); `on_part_end` joins the slices once (or finishes
+    the spool file) and files the value.
     """
 
     __slots__ = (
@@ -253,6 +270,7 @@ class _Multipart:
         "chunk",
         "disposition",
         "ended",
+        "head",
         "header_name",
         "header_value",
         "image_count",
@@ -262,20 +280,38 @@ class _Multipart:
         "mask",
         "max_image_bytes",
         "max_images",
+        "max_pixels",
         "name",
         "param",
         "pieces",
         "scalars",
         "size",
         "slot",
+        "spill_at",
+        "spool",
+        "spool_files",
         "unindexed",
         "url_cap",
         "view",
+        "writer",
     )
 
-    def __init__(self, limits: LimitsConfig) -> None:
+    def __init__(
+        self, limits: LimitsConfig, spool: Spool | None = None, declared: int | None = None
+    ) -> None:
         self.max_image_bytes = limits.max_image_bytes
         self.max_images = limits.max_images
+        self.max_pixels = limits.max_image_pixels
+        self.spool = spool
+        # File parts of a body declared larger than the threshold go to the spool from their
+        # first byte; others once they grow past it.
+        threshold = limits.spool_threshold_bytes
+        if spool is None:
+            self.spool_files = _NEVER
+        elif declared is not None and declared > threshold:
+            self.spool_files = 0
+        else:
+            self.spool_files = threshold
         # A URL or data URL text part: base64 of the largest allowed image plus a generous header.
         self.url_cap = (limits.max_image_bytes + 2) // 3 * 4 + 1024
         self.scalars: dict[str, bytes] = {}
@@ -300,6 +336,9 @@ class _Multipart:
         self.cap = 0
         self.size = 0
         self.pieces: list[bytes | memoryview] = []
+        self.spill_at = _NEVER  # part size above which its bytes go to a spool file
+        self.writer: SpoolWriter | None = None
+        self.head: bytes | None = None  # an image file's first bytes, until sniffed
 
     def callbacks(self) -> Callbacks:
         return {
@@ -356,6 +395,8 @@ class _Multipart:
             self._begin_image(name)
         else:
             raise _unknown(name)
+        if self.is_file and self.kind != _SCALAR:
+            self.spill_at = self.spool_files
 
     def _begin_image(self, name: str) -> None:
         if name in ("image", "image[]"):
@@ -389,7 +430,9 @@ class _Multipart:
         if size > self.cap:
             raise self._over_cap()
         self.size = size
-        if data is self.chunk:
+        if size > self.spill_at:
+            self._spool_data(data, start, end)
+        elif data is self.chunk:
             if start == 0 and end == len(data):
                 self.pieces.append(data)  # a join of one bytes object returns it: no copy
             else:
@@ -397,6 +440,38 @@ class _Multipart:
         else:
             # Look-behind bytes the parser re-emits from its own boundary buffer: tiny.
             self.pieces.append(data[start:end])
+
+    def _spool_data(self, data: bytes, start: int, end: int) -> None:
+        """A large file part: its bytes go to a spool file as they arrive. The first time,
+        the file is sniffed from its first bytes (a non-image is refused before anything is
+        written) and what was kept in memory so far moves to the file."""
+        piece = self.view[start:end] if data is self.chunk else data[start:end]
+        writer = self.writer
+        if writer is None:
+            assert self.spool is not None
+            self.head = b""
+            for kept in self.pieces:
+                self._sniff(kept)
+            self._sniff(piece)
+            writer = self.writer = self.spool.writer()
+            for kept in self.pieces:
+                writer.write(kept)
+            self.pieces = []
+        elif self.head is not None:
+            self._sniff(piece)
+        writer.write(piece)
+
+    def _sniff(self, piece: bytes | memoryview) -> None:
+        """Collect an image file's first bytes; judge them as soon as there are enough."""
+        head = self.head
+        if head is None:
+            return
+        head += bytes(piece[: HEAD_BYTES - len(head)])
+        if len(head) < HEAD_BYTES:
+            self.head = head
+            return
+        self.head = None
+        check_head(head, param=self.param, max_pixels=self.max_pixels)
 
     def _over_cap(self) -> GatewayError:
         if self.kind == _SCALAR:
@@ -411,10 +486,20 @@ class _Multipart:
         return too_large(f"{self.param} URL is longer than {self.url_cap} bytes", self.param)
 
     def on_part_end(self) -> None:
-        pieces = self.pieces
-        value = pieces[0] if len(pieces) == 1 and type(pieces[0]) is bytes else b"".join(pieces)
-        self.pieces = []
+        if self.head:  # a file shorter than the head: judge what there is
+            check_head(self.head, param=self.param, max_pixels=self.max_pixels)
+        self.head = None
+        value: Blob
+        if self.writer is not None:
+            value = self.writer.finish()
+            self.writer = None
+        else:
+            pieces = self.pieces
+            first = pieces[0] if len(pieces) == 1 else None
+            value = first if type(first) is bytes else b"".join(pieces)  # one bytes: no copy
+            self.pieces = []
         if self.kind == _SCALAR:
+            assert isinstance(value, bytes)
             self.scalars[self.name] = value
             return
         ref = self._image_ref(value)
@@ -428,13 +513,14 @@ class _Multipart:
         elif ref is not None:
             self.unindexed.append((self.name, ref))
 
-    def _image_ref(self, value: bytes) -> ImageRef | None:
+    def _image_ref(self, value: Blob) -> ImageRef | None:
         """An image/mask part's value as a ref; `None` for an empty text part (omitted)."""
         param = self.param
         if self.is_file:
-            if not value:
+            if not len(value):
                 raise bad_request(f"{param} is an empty file", param)
             return ImageRef(param=param, data=value)
+        assert isinstance(value, bytes)  # only file parts are spooled
         # Look at the head only: stripping a multi-megabyte upload would copy it.
         if value[:64].lstrip()[:8].lower().startswith(_URL_PREFIXES_B):
             try:
@@ -491,9 +577,14 @@ def _mixed_forms() -> GatewayError:
 
 
 async def _parse_multipart(
-    boundary: bytes, chunks: AsyncIterator[bytes], limits: LimitsConfig, default_model: str | None
+    boundary: bytes,
+    chunks: AsyncIterator[bytes],
+    limits: LimitsConfig,
+    default_model: str | None,
+    spool: Spool | None,
+    declared: int | None,
 ) -> EditRequest:
-    collector = _Multipart(limits)
+    collector = _Multipart(limits, spool, declared)
     try:
         parser = FastMultipartParser(boundary, collector.callbacks())
     except MultipartError:

@@ -256,6 +256,17 @@ class LimitsConfig(_Strict):
     max_json_bytes: int = Field(64 * 1024 * 1024, ge=1024)
     fetch_timeout_s: float = Field(30, gt=0)
     fetch_max_redirects: int = Field(3, ge=0)
+    # Image bytes above this size go to a temporary file in `spool_dir` while they arrive
+    # (app/media/spool.py); 0 spools every uploaded file.
+    spool_threshold_bytes: int = Field(1024 * 1024, ge=0)
+    spool_dir: str | None = None  # default <data_dir>/spool
+    # false: named temporary files (unlinked at once) even where O_TMPFILE works
+    spool_anonymous: bool = True
+
+    @field_validator("spool_dir")
+    @classmethod
+    def _spool_dir_unset(cls, value: str | None) -> str | None:
+        return value or None  # an unset ${VAR} means "the default"
 
 
 class ResultsConfig(_Strict):

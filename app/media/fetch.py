@@ -47,6 +47,8 @@ import httpcore
 import httpx
 
 from app.core.errors import GatewayError, bad_request, too_large
+from app.domain.blob import Blob
+from app.media.spool import Sink, Spool
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 Resolver = Callable[[str, int], Awaitable[list[str]]]
@@ -341,15 +343,25 @@ class GuardedFetcher:
         except TimeoutError:
             raise bad_request(f"{param}: resolving the URL's host timed out", param) from None
 
-    async def fetch(self, url: str, *, param: str, max_bytes: int) -> bytes:
+    async def fetch(
+        self,
+        url: str,
+        *,
+        param: str,
+        max_bytes: int,
+        spool: Spool | None = None,
+        spool_threshold: int = 0,
+    ) -> Blob:
         """GET `url` and return its body, following at most `max_redirects` checked redirects.
+        A body larger than `spool_threshold` (declared, or as it grows) is written to `spool`
+        as it arrives and returned as a `SpooledBlob`.
 
         400 `bad_request` for a refused URL, a failed connection, a timeout or a non-2xx answer;
         413 `payload_too_large` as soon as the body passes `max_bytes`.
         """
         try:
             async with asyncio.timeout(self.timeout_s):
-                return await self._fetch(url, param, max_bytes)
+                return await self._fetch(url, param, max_bytes, spool, spool_threshold)
         except (TimeoutError, httpcore.TimeoutException):
             raise bad_request(
                 f"{param}: fetching the URL timed out after {self.timeout_s:g}s", param
@@ -394,7 +406,9 @@ class GuardedFetcher:
 
     # ----------------------------------------------------------------- internals
 
-    async def _fetch(self, url: str, param: str, max_bytes: int) -> bytes:
+    async def _fetch(
+        self, url: str, param: str, max_bytes: int, spool: Spool | None, spool_threshold: int
+    ) -> Blob:
         headers = {
             "User-Agent": USER_AGENT,
             "Accept": "image/png, image/jpeg, image/webp, */*;q=0.5",
@@ -422,7 +436,7 @@ class GuardedFetcher:
                     raise bad_request(
                         f"{param}: fetching the URL failed: HTTP {response.status}", param
                     )
-                return await _read_capped(response, param, max_bytes)
+                return await _read_capped(response, param, max_bytes, spool, spool_threshold)
         raise bad_request(f"{param}: too many redirects (more than {self.max_redirects})", param)
 
     async def _target(self, url: str, param: str) -> _Target:
@@ -526,8 +540,15 @@ class GuardedFetcher:
             _PIN.reset(token)
 
 
-async def _read_capped(response: httpcore.Response, param: str, max_bytes: int) -> bytes:
-    """Read the body, stopping (413) the moment it passes `max_bytes`, declared or not."""
+async def _read_capped(
+    response: httpcore.Response,
+    param: str,
+    max_bytes: int,
+    spool: Spool | None,
+    spool_threshold: int,
+) -> Blob:
+    """Read the body, stopping (413) the moment it passes `max_bytes`, declared or not; a large
+    one goes to the spool as it arrives."""
     encoding = _header(response, b"content-encoding")
     if encoding and encoding.lower() != "identity":
         raise bad_request(
@@ -542,14 +563,14 @@ async def _read_capped(response: httpcore.Response, param: str, max_bytes: int) 
             f"{max_bytes:,}",
             param,
         )
-    buf = bytearray()
+    sink = Sink(spool, spool_threshold, int(declared) if declared and declared.isdigit() else None)
     async for chunk in response.aiter_stream():
-        buf += chunk
-        if len(buf) > max_bytes:
+        if len(sink) + len(chunk) > max_bytes:
             raise too_large(
                 f"{param}: the image at the URL is over the limit of {max_bytes:,} bytes", param
             )
-    return bytes(buf)
+        sink.write(chunk)
+    return sink.finish()
 
 
 def _header(response: httpcore.Response, name: bytes) -> str | None:
@@ -578,35 +599,66 @@ def _describe(exc: BaseException) -> str:
 _WHITESPACE = re.compile(r"\s+")
 
 
-def decode_data_url(url: str, *, param: str, max_bytes: int) -> bytes:
+def decode_data_url(
+    url: str,
+    *,
+    param: str,
+    max_bytes: int,
+    spool: Spool | None = None,
+    spool_threshold: int = 0,
+) -> Blob:
     """Decode `data:image/<type>[;params];base64,<data>`; the declared type is not trusted
     (the bytes are sniffed later), but anything that is not a base64 image URL is refused.
 
     The size is checked from the encoded length before decoding, so an oversized data URL
-    costs no allocation beyond what the request body already holds.
+    costs no allocation beyond what the request body already holds. One that decodes to more
+    than `spool_threshold` bytes is decoded piece by piece into `spool`.
     """
-    header, sep, payload = url.partition(",")
-    fields = [f.strip().lower() for f in header.split(";")]
+    comma = url.find(",")
+    fields = [f.strip().lower() for f in url[: max(comma, 0)].split(";")]
     if (
-        not sep
-        or not fields[0].startswith("data:image/")
+        comma < 0
         or len(fields) < 2
+        or not fields[0].startswith("data:image/")
         or fields[-1] != "base64"
     ):
         raise bad_request(
             f"{param}: data URLs must have the form data:image/<type>;base64,<data>", param
         )
-    if _WHITESPACE.search(payload):
-        payload = _WHITESPACE.sub("", payload)
-    padding = len(payload) - len(payload.rstrip("="))
-    size = len(payload) * 3 // 4 - min(padding, 2)
+    start = comma + 1
+    if _WHITESPACE.search(url, start):  # rare: line-wrapped base64 (one copy, without it)
+        url, start = _WHITESPACE.sub("", url[start:]), 0
+    encoded = len(url) - start
+    padding = 2 if url.endswith("==") else 1 if url.endswith("=") else 0
+    size = encoded * 3 // 4 - min(padding, encoded)
     if size > max_bytes:
         raise too_large(
             f"{param}: the data URL holds {size:,} bytes, over the limit of {max_bytes:,}", param
         )
-    if len(payload) % 4:
-        payload += "=" * (-len(payload) % 4)
+    if spool is None or size <= spool_threshold:
+        return _b64decode(url[start:] if start else url, param)
+    # Pieces of a multiple of 4 characters decode independently; only the last may be padded.
+    sink = Sink(spool, spool_threshold, size)
+    step = _B64_STEP
+    for at in range(start, len(url), step):
+        piece = url[at : at + step]
+        if at + step < len(url) and "=" in piece:
+            raise _bad_base64(param)
+        sink.write(_b64decode(piece, param))
+    return sink.finish()
+
+
+_B64_STEP = 256 * 1024  # characters per piece: 192 KiB decoded
+
+
+def _b64decode(text: str, param: str) -> bytes:
+    if len(text) % 4:
+        text += "=" * (-len(text) % 4)
     try:
-        return base64.b64decode(payload, validate=True)
+        return base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError):
-        raise bad_request(f"{param}: the data URL is not valid base64", param) from None
+        raise _bad_base64(param) from None
+
+
+def _bad_base64(param: str) -> GatewayError:
+    return bad_request(f"{param}: the data URL is not valid base64", param)

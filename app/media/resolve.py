@@ -5,6 +5,12 @@ the guarded fetcher, all at once, so a request with several URL images waits for
 one rather than the sum. The first failure cancels the rest and is raised as the request's error
 (if several inputs have failed by then, the one earliest in parameter order); every failure is a
 `GatewayError` naming its parameter.
+
+Image bytes above `limits.spool_threshold_bytes` go to the request's spool (app/media/spool.py)
+as they are fetched or decoded, and a spooled image is probed through a temporary mapping, so
+nothing large stays in the process while the request waits upstream. A decoded `data:` URL
+becomes the ref's `data` (the long URL string is dropped; the idempotency fingerprint then
+hashes the image bytes, as for an upload).
 """
 
 from __future__ import annotations
@@ -15,10 +21,15 @@ from typing import Any
 
 from app.core.config import LimitsConfig
 from app.core.errors import bad_request, too_large
-from app.domain.blob import blob_bytes
+from app.domain.blob import Blob, SpooledBlob
 from app.domain.edit import EditRequest, Image, ImageRef
 from app.media.fetch import GuardedFetcher, decode_data_url
-from app.media.sniff import probe
+from app.media.sniff import map_blob, probe, probe_mapped
+from app.media.spool import current_spool
+
+# What stays of a decoded data URL in `ImageRef.url`: its header, bounded (for logs and task
+# records), never the payload.
+_DATA_URL_KEEP = 64
 
 # Probing is a few ms per 8 MB (PNG CRCs); above this size it runs in a thread so a request with
 # many large images does not stall the event loop for everyone else.
@@ -43,6 +54,8 @@ async def resolve_images(req: EditRequest, fetcher: GuardedFetcher, limits: Limi
 async def resolve_ref(ref: ImageRef, fetcher: GuardedFetcher, limits: LimitsConfig) -> Image:
     """One reference → one sniffed image (uploaded bytes, `data:` URL or http(s) URL)."""
     param = ref.param
+    spool = current_spool.get()
+    data: Blob
     if ref.data is not None:
         data = ref.data
         if len(data) > limits.max_image_bytes:
@@ -54,9 +67,18 @@ async def resolve_ref(ref: ImageRef, fetcher: GuardedFetcher, limits: LimitsConf
         url = ref.url.strip()
         scheme = url.split(":", 1)[0].lower() if ":" in url else ""
         if scheme == "data":
-            data = decode_data_url(url, param=param, max_bytes=limits.max_image_bytes)
+            data = decode_data_url(
+                url, param=param, max_bytes=limits.max_image_bytes,
+                spool=spool, spool_threshold=limits.spool_threshold_bytes,
+            )  # fmt: skip
+            ref.data = data
+            ref.url = url[: min(url.find(",") + 1, _DATA_URL_KEEP)] + "..."
+            del url
         elif scheme in ("http", "https"):
-            data = await fetcher.fetch(url, param=param, max_bytes=limits.max_image_bytes)
+            data = await fetcher.fetch(
+                url, param=param, max_bytes=limits.max_image_bytes,
+                spool=spool, spool_threshold=limits.spool_threshold_bytes,
+            )  # fmt: skip
         else:
             shown = f"{scheme!r}" if scheme else "(none)"
             raise bad_request(
@@ -67,7 +89,13 @@ async def resolve_ref(ref: ImageRef, fetcher: GuardedFetcher, limits: LimitsConf
     else:
         raise bad_request(f"{param}: empty image input", param)
 
-    data = blob_bytes(data)
+    if isinstance(data, SpooledBlob):
+        mapped = map_blob(data)  # here, not in the thread: the spool may close the descriptor
+        if len(data) > _THREAD_PROBE_BYTES:
+            return await asyncio.to_thread(
+                probe_mapped, data, mapped, param=param, max_pixels=limits.max_image_pixels
+            )
+        return probe_mapped(data, mapped, param=param, max_pixels=limits.max_image_pixels)
     if len(data) > _THREAD_PROBE_BYTES:
         return await asyncio.to_thread(probe, data, param=param, max_pixels=limits.max_image_pixels)
     return probe(data, param=param, max_pixels=limits.max_image_pixels)

@@ -18,11 +18,13 @@ with its own 400. That trade keeps the per-request cost flat.
 
 from __future__ import annotations
 
+import mmap
 import struct
 import zlib
 from collections.abc import Callable
 
 from app.core.errors import GatewayError, bad_request, too_large
+from app.domain.blob import SpooledBlob
 from app.domain.edit import Image
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -64,6 +66,28 @@ def probe(data: bytes, *, param: str, max_pixels: int) -> Image:
     Raises `GatewayError`: 413 `payload_too_large` when width x height exceeds `max_pixels`,
     400 `bad_request` for a non-image, an unsupported format, or a truncated/corrupt file.
     """
+    mime, width, height, has_alpha = _inspect(data, param, max_pixels)
+    return Image(data=data, mime=mime, width=width, height=height, has_alpha=has_alpha)
+
+
+def map_blob(blob: SpooledBlob) -> mmap.mmap:
+    """A read-only mapping of a spooled blob, for `probe_mapped` (it unmaps it)."""
+    return mmap.mmap(blob.fd, blob.size, access=mmap.ACCESS_READ)
+
+
+def probe_mapped(blob: SpooledBlob, mapped: mmap.mmap, *, param: str, max_pixels: int) -> Image:
+    """`probe` for a spooled blob, over its mapping, which is closed afterwards: the pages
+    stay in the page cache, not in the process, while the request waits upstream. The
+    mapping is made by the caller (`map_blob`) so a thread running this never touches the
+    blob's descriptor, which the request's spool may close at any time."""
+    try:
+        mime, width, height, has_alpha = _inspect(mapped, param, max_pixels)
+    finally:
+        mapped.close()
+    return Image(data=blob, mime=mime, width=width, height=height, has_alpha=has_alpha)
+
+
+def _inspect(data: bytes | mmap.mmap, param: str, max_pixels: int) -> tuple[str, int, int, bool]:
     kind, walker = _sniff(data, param)
     try:
         width, height, has_alpha = walker(data, lambda w, h: _check_pixels(w, h, param, max_pixels))
@@ -71,15 +95,36 @@ def probe(data: bytes, *, param: str, max_pixels: int) -> Image:
         raise
     except Exception as exc:  # _Corrupt, struct.error, IndexError...: all mean "bad file"
         raise bad_request(f"{param}: truncated or corrupt {kind}", param) from exc
-    return Image(
-        data=data, mime=f"image/{kind.lower()}", width=width, height=height, has_alpha=has_alpha
-    )
+    return f"image/{kind.lower()}", width, height, has_alpha
 
 
-_Walker = Callable[[bytes, Callable[[int, int], None]], tuple[int, int, bool]]
+# Enough of a file to name its format and, for PNG, to read and check IHDR.
+HEAD_BYTES = 33
 
 
-def _sniff(data: bytes, param: str) -> tuple[str, _Walker]:
+def check_head(head: bytes, *, param: str, max_pixels: int) -> None:
+    """Refuse an upload from its first bytes, before the rest is read: a non-image (the 400
+    `probe` gives) and a PNG whose IHDR is over the pixel cap (the 413 `probe` gives).
+    Anything else is left to `probe`, which sees the whole file."""
+    kind, _ = _sniff(head, param)
+    if kind != "PNG" or len(head) < HEAD_BYTES:
+        return
+    length, ctype = struct.unpack_from(">I4s", head, 8)
+    width, height = struct.unpack_from(">II", head, 16)
+    if (
+        ctype == b"IHDR"
+        and length == 13
+        and zlib.crc32(head[12:29]) == int.from_bytes(head[29:33], "big")
+        and 0 < width <= 0x7FFFFFFF
+        and 0 < height <= 0x7FFFFFFF
+    ):
+        _check_pixels(width, height, param, max_pixels)
+
+
+_Walker = Callable[[bytes | mmap.mmap, Callable[[int, int], None]], tuple[int, int, bool]]
+
+
+def _sniff(data: bytes | mmap.mmap, param: str) -> tuple[str, _Walker]:
     head = bytes(data[:16])
     if head.startswith(PNG_SIGNATURE):
         return "PNG", _walk_png
@@ -108,9 +153,15 @@ def _check_pixels(width: int, height: int, param: str, max_pixels: int) -> None:
         )
 
 
-def _walk_png(data: bytes, check: Callable[[int, int], None]) -> tuple[int, int, bool]:
+def _walk_png(data: bytes | mmap.mmap, check: Callable[[int, int], None]) -> tuple[int, int, bool]:
     """IHDR first (size checked at once), then every chunk's length and CRC, up to IEND."""
-    view = memoryview(data)
+    with memoryview(data) as view:  # released on every exit, so a mapping can be closed
+        return _walk_png_view(data, view, check)
+
+
+def _walk_png_view(
+    data: bytes | mmap.mmap, view: memoryview, check: Callable[[int, int], None]
+) -> tuple[int, int, bool]:
     n = len(data)
     length, ctype = struct.unpack_from(">I4s", data, 8)
     if ctype != b"IHDR" or length != 13 or n < 33:
@@ -156,7 +207,7 @@ def _walk_png(data: bytes, check: Callable[[int, int], None]) -> tuple[int, int,
     return width, height, color in (4, 6) or has_trns
 
 
-def _walk_jpeg(data: bytes, check: Callable[[int, int], None]) -> tuple[int, int, bool]:
+def _walk_jpeg(data: bytes | mmap.mmap, check: Callable[[int, int], None]) -> tuple[int, int, bool]:
     """Marker segments from SOI to the first SOS (size from SOFn), then an EOI after the scan.
 
     The entropy-coded data is not walked byte by byte (that would cost tens of ms in Python
@@ -199,7 +250,7 @@ def _walk_jpeg(data: bytes, check: Callable[[int, int], None]) -> tuple[int, int
         pos += seg_len
 
 
-def _walk_webp(data: bytes, check: Callable[[int, int], None]) -> tuple[int, int, bool]:
+def _walk_webp(data: bytes | mmap.mmap, check: Callable[[int, int], None]) -> tuple[int, int, bool]:
     """RIFF length against the file, then the chunk list; size from VP8X, VP8 or VP8L."""
     riff_end = 8 + int.from_bytes(data[4:8], "little")
     if riff_end > len(data) or riff_end < 20:

@@ -17,6 +17,8 @@ from app.api.body import parse_edit_body, parse_generation_body
 from app.api.deps import base_url, gateway
 from app.api.responses import JSONResponse, error_response, trace_id_of
 from app.core.errors import GatewayError, too_large
+from app.gateway import Gateway
+from app.media.spool import Spool, current_spool
 from app.service import EditContext
 
 router = APIRouter(tags=["images"])
@@ -60,15 +62,26 @@ _PARSERS = {"edit": parse_edit_body, "generate": parse_generation_body}
 
 
 async def edit_image(request: Request) -> Response:
-    return await _handle(request, "edit")
+    return _Delegate(edit_asgi)
 
 
 async def generate_image(request: Request) -> Response:
-    return await _handle(request, "generate")
+    return _Delegate(generate_asgi)
 
 
-async def _handle(request: Request, operation: str) -> Response:
-    gw = gateway(request)
+class _Delegate(Response):
+    """What the FastAPI-registered twins return: sending it runs the pure ASGI handler, so
+    both paths share one spool lifetime (the router twins exist for `/openapi.json`)."""
+
+    def __init__(self, app: Callable[[Scope, Receive, Send], Awaitable[None]]) -> None:
+        super().__init__()
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.app(scope, receive, send)
+
+
+async def _handle(request: Request, operation: str, gw: Gateway, spool: Spool) -> Response:
     key = await gw.meter.authenticate(request.headers.get("authorization"))
     declared = request.headers.get("content-length")
     limit = gw.config.limits.max_body_bytes
@@ -80,6 +93,8 @@ async def _handle(request: Request, operation: str) -> Response:
         request.stream(),
         gw.config.limits,
         default_model=gw.config.default_model,
+        spool=spool,
+        declared=int(declared) if declared is not None and declared.isdigit() else None,
     )
     ctx = EditContext(trace_id=trace_id_of(request), base_url=base_url(request, gw))
     reply = await gw.service.edit(key, req, ctx, request.headers.get("idempotency-key"))
@@ -95,15 +110,27 @@ async def _handle(request: Request, operation: str) -> Response:
 
 
 def _asgi(operation: str) -> Callable[[Scope, Receive, Send], Awaitable[None]]:
-    """The same handler as a pure ASGI app, for `FastRoutes` (no framework layers)."""
+    """The handler as a pure ASGI app, for `FastRoutes` (no framework layers).
+
+    It owns the request's spool (app/media/spool.py): large image bytes live in its files
+    until the response has been sent -- streamed or not, on success, error, disconnect or
+    cancellation -- and are closed here, never earlier (the upstream reads them).
+    """
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
         request = Request(scope, receive)
+        gw = gateway(request)
+        spool = Spool(gw.spool_dir, anonymous=gw.config.limits.spool_anonymous)
+        token = current_spool.set(spool)
         try:
-            response = await _handle(request, operation)
-        except GatewayError as exc:
-            response = error_response(request, exc)
-        await response(scope, receive, send)
+            try:
+                response = await _handle(request, operation, gw, spool)
+            except GatewayError as exc:
+                response = error_response(request, exc)
+            await response(scope, receive, send)
+        finally:
+            current_spool.reset(token)
+            spool.close()
 
     return app
 
