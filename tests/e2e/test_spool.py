@@ -9,7 +9,9 @@ link into the spool directory ("<dir>/#123 (deleted)" anonymous, "<dir>/imagegat
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import hashlib
 import io
 import os
 import socket
@@ -25,8 +27,12 @@ import openai
 import pytest
 from PIL import Image
 
+from app.api.app import create_app
+from app.api.middleware import FastRoutes
+from app.core.config import LimitsConfig, Settings
 from app.media.spool import NAMED_PREFIX
 from app.simulator import create_simulator_app
+from tests.e2e.conftest import gateway_config
 from tests.e2e.test_metering import ADMIN, ADMIN_KEY
 from tests.e2e.test_shutdown import _wait_sim
 from tests.support.images import png
@@ -171,6 +177,20 @@ def test_success_through_the_sdk_leaves_no_descriptor(settled: Gw) -> None:
         assert gw.all_fds() <= fds + 2  # keep-alive connections may come and go; no growth
 
 
+def test_a_json_data_url_is_spooled_and_sent_whole(settled: Gw) -> None:
+    gw = settled
+    url = "data:image/png;base64," + base64.b64encode(UPLOAD).decode()
+    r = httpx.post(
+        gw.url + "/v1/images/edits",
+        headers={"authorization": f"Bearer {gw.key['key']}"},
+        json={"model": "gpt-image-1", "prompt": "json", "images": [{"image_url": url}]},
+        timeout=30,
+    )
+    assert r.status_code == 200, r.text
+    sent = httpx.get(gw.sim.url + "/_sim/requests", timeout=5).json()[-1]
+    assert sent["files"][0]["sha256"] == hashlib.sha256(UPLOAD).hexdigest()
+
+
 def test_caps_are_a_413_with_no_credit_moved(settled: Gw) -> None:
     gw = settled
     before = gw.balance()
@@ -280,3 +300,43 @@ def test_no_file_left_behind_after_kill_9_and_restart(
     finally:
         g.latency(0)
         g.stop()
+
+
+def test_the_router_twin_goes_through_the_same_handler(tmp_path: Path, sim: ThreadedServer) -> None:
+    """Without `FastRoutes` the FastAPI-registered route answers, with the same spool."""
+    settings = Settings(data_dir=tmp_path, admin_key=ADMIN_KEY)
+    config = gateway_config(settings, sim.url, limits=LimitsConfig(spool_threshold_bytes=0))
+    app = create_app(settings, config)
+    app.user_middleware = [m for m in app.user_middleware if m.cls is not FastRoutes]
+    server = ThreadedServer(app).start()
+    try:
+        r = httpx.post(server.url + "/admin/keys", headers=ADMIN, timeout=10,
+                       json={"name": "twin", "credits": 10})  # fmt: skip
+        key = r.json()["key"]
+        before = set()
+        for fd in os.listdir("/proc/self/fd"):
+            with contextlib.suppress(OSError):
+                before.add(os.readlink(f"/proc/self/fd/{fd}"))
+        r = httpx.post(
+            server.url + "/v1/images/edits",
+            headers={"authorization": f"Bearer {key}"},
+            data={"model": "gpt-image-1", "prompt": "twin"},
+            files={"image": ("a.png", UPLOAD, "image/png")},
+            timeout=30,
+        )
+        assert r.status_code == 200, r.text
+        r = httpx.post(
+            server.url + "/v1/images/edits",
+            headers={"authorization": f"Bearer {key}"},
+            data={"model": "gpt-image-1", "prompt": "twin"},
+            files={"image": ("a.gif", b"GIF89a" + bytes(100_000), "image/gif")},
+            timeout=30,
+        )
+        assert r.status_code == 400 and "GIF" in r.json()["error"]["message"]
+        after = set()
+        for fd in os.listdir("/proc/self/fd"):
+            with contextlib.suppress(OSError):
+                after.add(os.readlink(f"/proc/self/fd/{fd}"))
+        assert not {t for t in after - before if t.startswith(str(tmp_path / "spool"))}
+    finally:
+        server.stop()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 
 import pytest
 from starlette.applications import Starlette
@@ -42,13 +42,6 @@ app = Starlette(routes=[Route("/f/{name}", files), Route("/slow", slow)])
 def server() -> Iterator[ThreadedServer]:
     with serve(app) as srv:
         yield srv
-
-
-@pytest.fixture
-async def fetcher() -> AsyncIterator[GuardedFetcher]:
-    f = GuardedFetcher(allow_private=True, timeout_s=5)
-    yield f
-    await f.aclose()
 
 
 def _request(refs: list[ImageRef], mask: ImageRef | None = None) -> EditRequest:

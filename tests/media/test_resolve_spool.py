@@ -51,13 +51,6 @@ def server() -> Iterator[ThreadedServer]:
 
 
 @pytest.fixture
-async def fetcher() -> AsyncIterator[GuardedFetcher]:
-    f = GuardedFetcher(allow_private=True, timeout_s=5)
-    yield f
-    await f.aclose()
-
-
-@pytest.fixture
 def spool(tmp_path: Path) -> Iterator[Spool]:
     with Spool(tmp_path) as s:
         token = current_spool.set(s)
