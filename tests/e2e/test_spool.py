@@ -28,7 +28,6 @@ import pytest
 from PIL import Image
 
 from app.api.app import create_app
-from app.api.middleware import FastRoutes
 from app.core.config import LimitsConfig, Settings
 from app.media.spool import NAMED_PREFIX
 from app.simulator import create_simulator_app
@@ -303,11 +302,11 @@ def test_no_file_left_behind_after_kill_9_and_restart(
 
 
 def test_the_router_twin_goes_through_the_same_handler(tmp_path: Path, sim: ThreadedServer) -> None:
-    """Without `FastRoutes` the FastAPI-registered route answers, with the same spool."""
+    """Without the fast routes the FastAPI-registered route answers, with the same spool."""
     settings = Settings(data_dir=tmp_path, admin_key=ADMIN_KEY)
     config = gateway_config(settings, sim.url, limits=LimitsConfig(spool_threshold_bytes=0))
     app = create_app(settings, config)
-    app.user_middleware = [m for m in app.user_middleware if m.cls is not FastRoutes]
+    app.fast_routes = {}  # type: ignore[attr-defined]
     server = ThreadedServer(app).start()
     try:
         r = httpx.post(server.url + "/admin/keys", headers=ADMIN, timeout=10,

@@ -110,7 +110,7 @@ async def _handle(request: Request, operation: str, gw: Gateway, spool: Spool) -
 
 
 def _asgi(operation: str) -> Callable[[Scope, Receive, Send], Awaitable[None]]:
-    """The handler as a pure ASGI app, for `FastRoutes` (no framework layers).
+    """The handler as a pure ASGI app, for `GatewayApp.fast_routes` (no framework layers).
 
     It owns the request's spool (app/media/spool.py): large image bytes live in its files
     until the response has been sent -- streamed or not, on success, error, disconnect or
