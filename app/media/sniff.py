@@ -20,8 +20,12 @@ from __future__ import annotations
 
 import mmap
 import struct
-import zlib
 from collections.abc import Callable
+
+try:  # ISA-L's CRC-32: zlib's values, 4-5x faster (bench/results/2026-11-29-hotpath.md)
+    from isal.isal_zlib import crc32
+except ImportError:  # a platform without isal wheels: zlib's own, correct but slower
+    from zlib import crc32
 
 from app.core.errors import GatewayError, bad_request, too_large
 from app.domain.blob import SpooledBlob
@@ -114,7 +118,7 @@ def check_head(head: bytes, *, param: str, max_pixels: int) -> None:
     if (
         ctype == b"IHDR"
         and length == 13
-        and zlib.crc32(head[12:29]) == int.from_bytes(head[29:33], "big")
+        and crc32(head[12:29]) == int.from_bytes(head[29:33], "big")
         and 0 < width <= 0x7FFFFFFF
         and 0 < height <= 0x7FFFFFFF
     ):
@@ -169,7 +173,7 @@ def _walk_png_view(
     width, height, depth, color, compression, filter_, interlace = struct.unpack_from(
         ">IIBBBBB", data, 16
     )
-    if zlib.crc32(view[12:29]) != int.from_bytes(view[29:33], "big"):
+    if crc32(view[12:29]) != int.from_bytes(view[29:33], "big"):
         raise _Corrupt("IHDR CRC")
     if width > 0x7FFFFFFF or height > 0x7FFFFFFF:
         raise _Corrupt("dimension out of range")
@@ -186,7 +190,7 @@ def _walk_png_view(
         end = pos + 12 + length
         if length > 0x7FFFFFFF or end > n:
             raise _Corrupt("chunk runs past the end")
-        if zlib.crc32(view[pos + 4 : end - 4]) != int.from_bytes(view[end - 4 : end], "big"):
+        if crc32(view[pos + 4 : end - 4]) != int.from_bytes(view[end - 4 : end], "big"):
             raise _Corrupt(f"CRC mismatch in {ctype!r}")
         chunks += 1
         if chunks > _MAX_PNG_CHUNKS:
