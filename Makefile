@@ -1,4 +1,4 @@
-.PHONY: install serve test lint format typecheck bench config fuzz
+.PHONY: install serve test lint format typecheck bench bench-peers bench-readme config fuzz
 
 FUZZ_SECONDS ?= 60
 
@@ -27,6 +27,14 @@ typecheck:
 
 bench:
 	python3 -m bench
+
+# The peer column of the bench table: LiteLLM in its own venv under bench/.work/peers/.
+bench-peers:
+	python3 -m bench.peers setup litellm
+
+# Copy the newest results file's README table into README.md's performance section.
+bench-readme:
+	python3 -m bench.report --readme "$$(ls -t bench/results/20*-*.md | grep -Ev -- '-(metrics|routing|tracing|transport|s3|cluster)' | head -1)"
 
 # Coverage-guided fuzzing (atheris) of the body parsers and the image sniffer, FUZZ_SECONDS each.
 fuzz:

@@ -5,8 +5,9 @@ uvloop and httptools, as the command chooses them), the Redis store (AOF on, as 
 docker-compose), a real API key with auth, rate limits and credits enforced, info logging to
 a file, and the repository's own `config/gateway.yaml` with only the upstreams changed to
 point at the mocks (`retries: 0`, dummy api keys). One model is added, `bench-slow`, on an
-upstream `slow` (the slow mock); that upstream's `max_concurrency` is raised so that the 1,000
-in-flight requests of scenario (d) are really in flight upstream, not queued in the gateway.
+upstream `slow` (the slow mock); that upstream's `max_concurrency` (its connection pool) is
+raised so that the 1,000 in-flight requests of scenario (d) are really in flight upstream, not
+queued in the gateway.
 """
 
 from __future__ import annotations
@@ -175,6 +176,28 @@ class Gateway:
     def tree(self) -> list[int]:
         return self.managed.tree() if self.managed else []
 
+    @property
+    def spool_dir(self) -> Path:
+        """Where the gateway spools large bodies: `limits.spool_dir`, else `<data_dir>/spool`."""
+        try:
+            cfg = yaml.safe_load(self.config.read_text()) or {}
+        except (OSError, yaml.YAMLError):
+            cfg = {}
+        configured = (cfg.get("limits") or {}).get("spool_dir")
+        return Path(configured or Path(self.env["IMAGEGATE_DATA_DIR"]) / "spool")
+
+    def open_files_limit(self) -> str:
+        """The soft and hard RLIMIT_NOFILE of the gateway's processes (/proc/<pid>/limits)."""
+        out = set()
+        for pid in self.tree():
+            try:
+                for line in Path(f"/proc/{pid}/limits").read_text().splitlines():
+                    if line.startswith("Max open files"):
+                        out.add("/".join(line.split()[3:5]))
+            except OSError:
+                continue
+        return ", ".join(sorted(out)) or "?"
+
     def runtime(self) -> str:
         """Which event loop and HTTP parser the running server really loaded."""
         if not self.managed:
@@ -302,19 +325,32 @@ def post(port: int, path: str, body: bytes, content_type: str, token: str) -> tu
         conn.close()
 
 
-def verify_edit(gw: Gateway, body: bytes, content_type: str, what: str) -> None:
-    """One request through the gateway must succeed before it is timed: a fast 4xx/5xx would
-    otherwise be reported as a fast gateway."""
-    status, data = post(gw.port, "/v1/images/edits", body, content_type, gw.token)
+def verify_at(
+    port: int, token: str, body: bytes, content_type: str, what: str, log: str = ""
+) -> None:
+    """One request must succeed before anything is timed: a fast 4xx/5xx would otherwise be
+    reported as a fast gateway. Applies to the gateway and to the peer alike."""
+    status, data = post(port, "/v1/images/edits", body, content_type, token)
     try:
         ok = status == 200 and bool(json.loads(data).get("data"))
-    except ValueError:
+    except (ValueError, AttributeError):
         ok = False
     if not ok:
-        log = gw.managed.log_tail(1500) if gw.managed else ""
-        raise HarnessError(f"gateway {what} answered {status}: {data[:400]!r}\nlog:\n{log}")
+        raise HarnessError(f"{what} answered {status}: {data[:400]!r}\nlog:\n{log}")
+
+
+def verify_edit(gw: Gateway, body: bytes, content_type: str, what: str) -> None:
+    log = gw.managed.log_tail(1500) if gw.managed else ""
+    verify_at(gw.port, gw.token, body, content_type, f"gateway {what}", log)
 
 
 def verify_multipart(gw: Gateway, image: bytes, model: str = MODEL) -> None:
     body, ctype = multipart_body(image, model)
     verify_edit(gw, body, ctype, f"multipart edit ({model}, {len(image)} B)")
+
+
+def verify_multipart_at(
+    port: int, token: str, image: bytes, model: str, what: str, log: str = ""
+) -> None:
+    body, ctype = multipart_body(image, model)
+    verify_at(port, token, body, ctype, f"{what} ({model}, {len(image)} B)", log)

@@ -11,6 +11,8 @@ import base64
 import io
 import json
 import random
+import struct
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,6 +51,33 @@ def make_images(work: Path) -> tuple[TestImage, TestImage]:
             tmp.replace(path)
         out.append(TestImage(label, path))
     return out[0], out[1]
+
+
+# The in-flight "1 MB" upload: above the gateway's default spool threshold (1 MiB = 1,048,576 B),
+# so it exercises the spooled path, as the 8 MB one does.
+INFLIGHT_1MB_BYTES = 1_100_000
+
+
+def _padded_png(png: bytes, size: int) -> bytes:
+    """`png` grown to exactly `size` bytes with a tEXt chunk before IEND (readers skip it)."""
+    pad = size - len(png) - 12 - len(b"Comment\0")  # chunk: length, type, data, CRC
+    if pad < 0:
+        raise ValueError(f"PNG of {len(png)} B is already larger than {size} B")
+    data = b"Comment\0" + b"x" * pad
+    chunk = struct.pack(">I", len(data)) + b"tEXt" + data
+    chunk += struct.pack(">I", zlib.crc32(chunk[4:]) & 0xFFFFFFFF)
+    iend = png.rindex(b"IEND") - 4
+    return png[:iend] + chunk + png[iend:]
+
+
+def make_inflight_image(work: Path) -> TestImage:
+    """The 1 MB in-flight upload: 600x600 RGB noise padded to exactly 1,100,000 bytes."""
+    path = work / "noise-600-1100000.png"
+    if not path.exists():
+        tmp = path.with_suffix(".tmp")
+        tmp.write_bytes(_padded_png(_noise_png(600, 3), INFLIGHT_1MB_BYTES))
+        tmp.replace(path)
+    return TestImage("1 MB", path)
 
 
 def tiny_png_b64() -> str:

@@ -1,4 +1,9 @@
-"""The result table: rows with their targets, machine facts, printed and saved as markdown.
+"""The result tables: rows with their targets, machine facts, printed and saved as markdown.
+
+Two tables come out of one run. The detailed one has every row of every scenario. The README
+table has the target rows only, with the columns direct | imagegate | peer | target | met?,
+between markers so that `python -m bench.report --readme <results.md>` (or
+`python -m bench --readme`) can copy it into the README's performance section unchanged.
 
 Every number is shown with the spread of its repetitions (median, then min-max) so a reader
 can see whether a pass or miss is within noise. Status is about the target only; a row whose
@@ -7,18 +12,24 @@ runs saw errors says so instead of pretending a number.
 
 from __future__ import annotations
 
+import argparse
 import datetime as dt
 import os
 import platform
 import re
 import statistics
 import subprocess
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 
 RESULTS_DIR = Path(__file__).with_name("results")
+README = Path(__file__).resolve().parent.parent / "README.md"
+# The README table's place, in the results file and in README.md.
+TABLE_BEGIN = "<!-- bench:table:begin -->"
+TABLE_END = "<!-- bench:table:end -->"
 
 
 @dataclass
@@ -30,6 +41,25 @@ class Row:
     result: str = "—"  # the gateway's cost: added latency, ratio, per-request figure
     target: str = "—"
     status: str = "info"  # pass | MISS | info | error | n/a
+    peer: str = "—"  # the same measurement through the peer gateway (LiteLLM), if it ran
+
+
+@dataclass
+class TableRow:
+    """One row of the README table; `order` places it (the issue's target order), since the
+    scenarios that produce the rows run in another order."""
+
+    order: int
+    metric: str
+    direct: str = "—"
+    imagegate: str = "—"
+    peer: str = "—"
+    target: str = "—"
+    met: str = "—"  # yes | **no** | error | n/a
+
+
+def _cells(cells: Sequence[str]) -> str:
+    return "| " + " | ".join(c.replace("|", "/") for c in cells) + " |"
 
 
 @dataclass
@@ -38,27 +68,57 @@ class Report:
     settings: str
     rows: list[Row] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    table: list[TableRow] = field(default_factory=list)
+    peer_title: str = "LiteLLM"  # the peer column's header ("LiteLLM 1.108.7")
 
     def add(self, row: Row) -> None:
         self.rows.append(row)
+        peer = f" | peer {row.peer}" if row.peer != "—" else ""
         print(
-            f"  [{row.scenario}] {row.metric}: direct {row.direct} | gateway {row.gateway} | "
+            f"  [{row.scenario}] {row.metric}: direct {row.direct} | gateway {row.gateway}{peer} | "
             f"{row.result} | target {row.target} -> {row.status}",
             flush=True,
         )
 
+    def add_table(self, row: TableRow) -> None:
+        self.table.append(row)
+
+    def readme_table(self) -> str:
+        """The README table with its provenance line, between the markers."""
+        f = self.facts
+        out = [
+            TABLE_BEGIN,
+            f"From `bench/results/{results_name(self)}` ({f['date']}, commit {f['commit']}; "
+            f"{f.get('gateway_short', 'one gateway worker')}; {f.get('machine_short', '')}).",
+            "",
+            _cells(["metric", "direct", "imagegate", self.peer_title, "target", "met?"]),
+            "|---|---|---|---|---|---|",
+        ]
+        for r in sorted(self.table, key=lambda r: r.order):
+            out.append(_cells([r.metric, r.direct, r.imagegate, r.peer, r.target, r.met]))
+        out.append(TABLE_END)
+        return "\n".join(out)
+
     def markdown(self) -> str:
         out = [f"# imagegate benchmark — {self.facts['date']}, commit {self.facts['commit']}", ""]
-        out += [f"- **{k}**: {v}" for k, v in self.facts.items() if k not in ("date", "commit")]
+        hidden = ("date", "commit", "gateway_short", "machine_short", "results_name")
+        out += [f"- **{k}**: {v}" for k, v in self.facts.items() if k not in hidden]
         out += [f"- **settings**: {self.settings}", ""]
+        if self.table:
+            out += ["## Targets (the README table)", "", self.readme_table(), ""]
+            out += ["## Every row", ""]
         out += [
-            "| scen. | metric | direct (mock only) | through gateway | gateway cost | target "
-            "| status |",
-            "|---|---|---|---|---|---|---|",
-        ]
+            _cells(
+                ["scen.", "metric", "direct (mock only)", "through gateway", "gateway cost",
+                 self.peer_title, "target", "status"]
+            ),
+            "|---|---|---|---|---|---|---|---|",
+        ]  # fmt: skip
         for r in self.rows:
-            cells = [r.scenario, r.metric, r.direct, r.gateway, r.result, r.target, r.status]
-            out.append("| " + " | ".join(c.replace("|", "/") for c in cells) + " |")
+            out.append(
+                _cells([r.scenario, r.metric, r.direct, r.gateway, r.result, r.peer, r.target,
+                        r.status])
+            )  # fmt: skip
         if self.notes:
             out += ["", "Notes:", ""] + [f"- {n}" for n in self.notes]
         return "\n".join(out) + "\n"
@@ -81,6 +141,10 @@ def spread(values: Sequence[float], fmt: str = "{:.2f}", unit: str = "") -> str:
 
 def verdict(ok: bool) -> str:
     return "pass" if ok else "MISS"
+
+
+def met(ok: bool) -> str:
+    return "yes" if ok else "**no**"
 
 
 # --- machine facts -------------------------------------------------------------------------------
@@ -169,14 +233,63 @@ def machine_facts(repo: Path, tools: dict[str, str]) -> dict[str, str]:
     }
 
 
+def results_name(report: Report) -> str:
+    """bench/results/<date>-<commit>.md; a second run the same day gets -2, -3, ... (decided
+    once per report, so the README table names the file it is saved in)."""
+    if "results_name" not in report.facts:
+        stem = f"{dt.datetime.now(dt.UTC):%Y-%m-%d}-{report.facts['commit']}"
+        name, n = f"{stem}.md", 2
+        while (RESULTS_DIR / name).exists() and n < 1000:
+            name, n = f"{stem}-{n}.md", n + 1
+        report.facts["results_name"] = name
+    return report.facts["results_name"]
+
+
 def save(report: Report, repo: Path) -> Path:
-    """bench/results/<date>-<commit>.md; a second run the same day gets -2, -3, ..."""
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    stem = f"{dt.datetime.now(dt.UTC):%Y-%m-%d}-{report.facts['commit']}"
-    path = RESULTS_DIR / f"{stem}.md"
-    n = 2
-    while path.exists() and n < 1000:
-        path = RESULTS_DIR / f"{stem}-{n}.md"
-        n += 1
+    path = RESULTS_DIR / results_name(report)
     path.write_text(report.markdown())
     return path
+
+
+# --- README ------------------------------------------------------------------------------------
+def table_from_results(text: str) -> str:
+    """The README table (markers included) of a saved results file."""
+    try:
+        begin = text.index(TABLE_BEGIN)
+        end = text.index(TABLE_END, begin) + len(TABLE_END)
+    except ValueError:
+        raise ValueError(f"no README table ({TABLE_BEGIN} ... {TABLE_END}) in it") from None
+    return text[begin:end]
+
+
+def update_readme(results: Path, readme: Path = README) -> None:
+    """Replace the README's table between the markers with the one in `results`."""
+    table = table_from_results(results.read_text())
+    text = readme.read_text()
+    try:
+        begin = text.index(TABLE_BEGIN)
+        end = text.index(TABLE_END, begin) + len(TABLE_END)
+    except ValueError:
+        raise ValueError(f"{readme} has no {TABLE_BEGIN} ... {TABLE_END} markers") from None
+    readme.write_text(text[:begin] + table + text[end:])
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        prog="python -m bench.report",
+        description="Copy a results file's README table into README.md's performance section.",
+    )
+    p.add_argument("--readme", type=Path, required=True, metavar="RESULTS_MD")
+    args = p.parse_args(argv)
+    try:
+        update_readme(args.readme)
+    except (OSError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(f"README.md: performance table from {args.readme}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -10,8 +10,10 @@ not start at all, 130 on Ctrl-C. Timings never gate CI; this is a command a pers
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import json
+import resource
 import shutil
 import sys
 import time
@@ -24,11 +26,12 @@ if __package__ in (None, ""):  # run as a file: make `bench` importable
 
 from bench import gateway as gwmod
 from bench import scenarios as sc
-from bench.images import make_images
+from bench.images import INFLIGHT_1MB_BYTES, make_images, make_inflight_image
 from bench.loadgen import WrkResult
 from bench.mock import start_nginx
+from bench.peers import PEERS
 from bench.procs import HarnessError, Supervisor, ensure_tools, free_port, port_open, wait_until
-from bench.report import Report, Row, machine_facts, save
+from bench.report import Report, Row, machine_facts, save, update_readme
 from bench.slow import SlowControl
 
 WORK = Path(__file__).resolve().parent / ".work"
@@ -37,9 +40,9 @@ ORDER = "abcefgsd"  # (d) restarts the gateway, so it goes last
 
 DESCRIPTIONS = {
     "a": "added latency at c=1, 100 KB and 8 MB multipart edits (p50/p90/p99)",
-    "b": "max throughput at c=32, 100 KB edits",
+    "b": "max throughput at c=32, 100 KB and 8 MB edits",
     "c": "CPU seconds per request of the gateway's process tree (from the b and a runs)",
-    "d": "RSS per in-flight request, 1,000 small / 50 large held by the slow upstream",
+    "d": "RSS and spool disk per in-flight request, 1,000 x 1 MB / 200 x 8 MB held upstream",
     "e": "8 MB upload pass-through MB/s at c=4",
     "f": "JSON edit with an image URL (the gateway fetches it from nginx)",
     "g": "nano-banana edit (Gemini generateContent shape)",
@@ -59,14 +62,30 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--reps", type=int, default=None, help="repetitions per side (default 3)")
     p.add_argument("--keep", action="store_true", help="leave the servers running at the end")
     p.add_argument("--direct-only", action="store_true", help="no gateway: measure the mock only")
-    p.add_argument("--inflight-small", type=int, default=None, help="(d) small requests (1000)")
-    p.add_argument("--inflight-large", type=int, default=None, help="(d) 8 MB requests (50)")
-    p.add_argument("--slow-delay", type=float, default=30.0, help="slow upstream's longest hold")
+    p.add_argument("--inflight-medium", type=int, default=None, help="(d) 1 MB requests (1000)")
+    p.add_argument("--inflight-large", type=int, default=None, help="(d) 8 MB requests (200)")
+    p.add_argument("--slow-delay", type=float, default=60.0, help="slow upstream's longest hold")
     p.add_argument("--no-save", action="store_true", help="print the table, don't save it")
     p.add_argument(
-        "--workers", type=int, default=2, help="gateway processes (imagegate serve --workers)"
+        "--workers", type=int, default=1, help="gateway processes (imagegate serve --workers)"
+    )
+    p.add_argument("--no-peers", action="store_true", help="don't run the peer (LiteLLM) column")
+    p.add_argument(
+        "--readme", action="store_true", help="copy the saved README table into README.md"
     )
     return p.parse_args(argv)
+
+
+def raise_open_files_limit() -> tuple[int, int]:
+    """Soft RLIMIT_NOFILE up to the hard one: (d) holds 1,000 client sockets here, and the
+    gateway (which inherits the limit) a client socket, an upstream socket and a spool file
+    for each in-flight request."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        want = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)
 
 
 def selected(only: str) -> list[str]:
@@ -93,6 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     reps = args.reps or (1 if args.quick else 3)
     use_gateway = not args.direct_only
     WORK.mkdir(parents=True, exist_ok=True)
+    nofile = raise_open_files_limit()
     _prune_runs()
     run_dir = WORK / f"run-{dt.datetime.now(dt.UTC):%Y%m%d-%H%M%S}"
     run_dir.mkdir(parents=True)
@@ -108,6 +128,7 @@ def main(argv: list[str] | None = None) -> int:
                       "(use --direct-only to measure the mock alone)")  # fmt: skip
                 return 2
         small, large = make_images(WORK)
+        medium = make_inflight_image(WORK)
     except HarnessError as exc:
         print(f"error: {exc}")
         return 2
@@ -115,9 +136,12 @@ def main(argv: list[str] | None = None) -> int:
     settings = (
         f"{duration:g} s per run, {reps} repetition(s) per side, direct and gateway alternating, "
         f"1 s unrecorded warm-up per side; wrk 1 thread; images {small.size:,} B and "
-        f"{large.size:,} B (PNG of noise); values are median (min-max) of the repetitions, "
-        "latency cost = median(gateway) - median(direct) of the same percentile"
+        f"{large.size:,} B (PNG of noise), in-flight 1 MB upload {medium.size:,} B (above the "
+        f"default 1 MiB spool threshold); values are median (min-max) of the repetitions, "
+        "latency cost = median(gateway) - median(direct) of the same percentile; "
+        f"RLIMIT_NOFILE {nofile[0]}/{nofile[1]}"
     )
+    assert medium.size == INFLIGHT_1MB_BYTES
     report = Report(machine_facts(gwmod.REPO, tools), settings)
     failed: list[str] = []
     interrupted = False
@@ -125,6 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with sup.running():
             ctx = _start_servers(sup, tools, run_dir, small, large, report, args, duration, reps)
+            ctx.medium = medium
             a_small: dict[str, list[WrkResult]] = {}
             b: dict[str, list[WrkResult]] = {}
             steps: dict[str, Callable[[], object]] = {
@@ -159,7 +184,11 @@ def main(argv: list[str] | None = None) -> int:
         if report.rows:
             print("\n" + report.markdown())
             if not (args.no_save or interrupted):
-                print(f"saved {save(report, gwmod.REPO)}")
+                saved = save(report, gwmod.REPO)
+                print(f"saved {saved}")
+                if args.readme:
+                    update_readme(saved)
+                    print(f"README.md: performance table from {saved.name}")
     return 1 if failed else 0
 
 
@@ -187,8 +216,8 @@ def _start_servers(
         duration=duration,
         reps=reps,
         quick=args.quick,
-        inflight_small=args.inflight_small or (200 if args.quick else 1000),
-        inflight_large=args.inflight_large or (10 if args.quick else 50),
+        inflight_medium=args.inflight_medium or (100 if args.quick else 1000),
+        inflight_large=args.inflight_large or (20 if args.quick else 200),
     )
     report.notes.append(f"mock upstream: nginx on {mock.base} (1 worker, access log off)")
     if args.direct_only:
@@ -226,12 +255,55 @@ def _start_servers(
     gwmod.verify_multipart(gw, large.path.read_bytes())
     ctx.gw = gw
     report.facts["gateway"] = (
-        f"`imagegate serve` on {gw.base}, {gw.runtime()}, Redis store (AOF everysec), "
-        f"key from {gw.key_source}, log level info to a file"
+        f"`imagegate serve --workers {gw.workers}` on {gw.base}, {gw.runtime()}, Redis store "
+        f"(AOF everysec), key from {gw.key_source}, log level info to a file, open files limit "
+        f"{gw.open_files_limit()}"
+    )
+    report.facts["machine_short"] = report.facts["machine"].split(", Linux")[0]
+    report.facts["gateway_short"] = (
+        f"imagegate `--workers {gw.workers}`, Redis store, auth + rate limits + credits on, "
+        "info logging"
     )
     if args.keep:
         print(f"  --keep: gateway {gw.base}  token {gw.token}  config {config}")
+    _start_peer(ctx, args, mock.base, run_dir, report)
     return ctx
+
+
+def _start_peer(
+    ctx: sc.Ctx, args: argparse.Namespace, mock_base: str, run_dir: Path, report: Report
+) -> None:
+    """The peer column: started when its venv exists, pre-checked like the gateway (a 200 with
+    data through the same mock for both edit sizes); otherwise its cells say why not."""
+    spec = PEERS["litellm"]
+    report.peer_title = spec.title
+    if args.no_peers:
+        ctx.peer_status = "skipped: --no-peers"
+        return
+    if not spec.installed():
+        ctx.peer_status = "skipped: not installed"
+        report.notes.append(f"peer {spec.title}: not installed (`make bench-peers`)")
+        return
+    print(f"starting {spec.title} ...", flush=True)
+    try:
+        peer = spec.start(ctx.sup, run_dir, mock_base, gwmod.MODEL)
+        for image in (ctx.small, ctx.large):
+            gwmod.verify_multipart_at(
+                peer.port, peer.token, image.path.read_bytes(), gwmod.MODEL,
+                f"{spec.title} multipart edit", peer.managed.log_tail(1500),
+            )  # fmt: skip
+    except HarnessError as exc:
+        ctx.peer_status = "skipped: failed its pre-check"
+        report.notes.append(f"peer {spec.title} failed its pre-check: {str(exc)[:400]}")
+        print(f"  {spec.title}: {exc}", flush=True)
+        return
+    ctx.peer = peer
+    ctx.peer_status = peer.label
+    report.peer_title = peer.label
+    report.facts["peer"] = (
+        f"{peer.label} (`litellm --config <generated> --num_workers 1`, no database, master "
+        f"key) on {peer.base}, relaying to the same nginx mock as an OpenAI `api_base`"
+    )
 
 
 if __name__ == "__main__":

@@ -1,5 +1,7 @@
 """The scenarios (a)-(g) and (s): what is sent, to whom, and which rows come out.
 
+The rows with a target also go into the README table (`TableRow`), in the target order.
+
 Direct and gateway runs of one scenario alternate (D G D G D G) so that slow drift of the
 shared machine (other processes, thermal, page cache) hits both sides alike; each is
 preceded by a short unrecorded warm-up. Reported numbers are medians over the repetitions
@@ -10,10 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import socket
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,18 +26,30 @@ from bench.gateway import GEMINI_MODEL, MODEL, SLOW_MODEL, Gateway, Redis
 from bench.images import PROMPT, TestImage, gemini_body, multipart_body
 from bench.loadgen import Body, WrkResult, run_wrk
 from bench.mock import NginxMock
+from bench.peers import Peer
 from bench.procs import HarnessError, Supervisor, cpu_seconds, rss_bytes
 from bench.redisstats import Monitor, commandstats, delta
-from bench.report import Report, Row, med, spread, verdict
+from bench.report import Report, Row, TableRow, med, met, spread, verdict
 from bench.slow import SlowControl
 
 KIB = 1024
 MIB = 1024 * 1024
 
+# Targets (one gateway worker, 2 cores, everything on loopback); docs: bench/README.md
+T_ADDED_P50_SMALL_MS = 0.6
+T_ADDED_P99_SMALL_MS = 1.5
+T_ADDED_P50_LARGE_MS = 5.0
+T_RPS_LARGE = 150.0
+T_RPS_SMALL = 1500.0
+T_PEER_RATIO = 25.0
+T_CPU_MS = 0.45
+T_INFLIGHT_KIB = 64.0
+
 
 @dataclass
 class Ctx:
-    """Everything a scenario needs; `gw` is None in direct-only mode."""
+    """Everything a scenario needs; `gw` is None in direct-only mode, `peer` None when the
+    peer is not installed or not wanted (`peer_status` says which)."""
 
     sup: Supervisor
     wrk: str
@@ -45,60 +61,86 @@ class Ctx:
     duration: float
     reps: int
     quick: bool
+    medium: TestImage | None = None  # the 1 MB in-flight upload (d)
     gw: Gateway | None = None
     redis: Redis | None = None
     slow: SlowControl | None = None
-    inflight_small: int = 1000
-    inflight_large: int = 50
+    peer: Peer | None = None
+    peer_status: str = "skipped: not installed"
+    inflight_medium: int = 1000
+    inflight_large: int = 200
     raw: dict[str, object] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
 class Target:
-    label: str  # "direct" or a gateway label
+    label: str  # "direct", "gateway" (or another gateway label), "litellm"
     url: str
     body: Body
-    via_gateway: bool
+    sut: str = ""  # whose processes' CPU to read: "" (the mock), "gateway" or "peer"
+    token: str | None = None
 
 
 def _direct_edit(ctx: Ctx, image: TestImage) -> Target:
-    return Target(
-        "direct", f"{ctx.mock.base}/v1/images/edits", Body("multipart", image.path), False
-    )
+    return Target("direct", f"{ctx.mock.base}/v1/images/edits", Body("multipart", image.path))
 
 
 def _gateway_edit(ctx: Ctx, image: TestImage, model: str = MODEL, label: str = "gateway") -> Target:
     base = ctx.gw.base if ctx.gw else "http://127.0.0.1:0"  # dropped by measure() then
-    return Target(label, f"{base}/v1/images/edits", Body("multipart", image.path, model), True)
+    token = ctx.gw.token if ctx.gw else None
+    body = Body("multipart", image.path, model)
+    return Target(label, f"{base}/v1/images/edits", body, "gateway", token)
+
+
+def _peer_edit(ctx: Ctx, image: TestImage) -> Target:
+    if ctx.peer is None:
+        return Target("litellm", "", Body("multipart", image.path), "peer")
+    body = Body("multipart", image.path, MODEL)
+    return Target("litellm", ctx.peer.edits_url, body, "peer", ctx.peer.token)
+
+
+def _edit_targets(ctx: Ctx, image: TestImage) -> list[Target]:
+    """direct, imagegate and (when it runs) the peer, for the same multipart edit."""
+    return [_direct_edit(ctx, image), _gateway_edit(ctx, image), _peer_edit(ctx, image)]
+
+
+def _sut_pids(ctx: Ctx, t: Target) -> list[int]:
+    if t.sut == "gateway" and ctx.gw:
+        return ctx.gw.tree()
+    if t.sut == "peer" and ctx.peer:
+        return ctx.peer.tree()
+    return []
 
 
 def measure(
     ctx: Ctx, name: str, targets: list[Target], connections: int
 ) -> dict[str, list[WrkResult]]:
-    """Run every target `reps` times, alternating; gateway runs also record the CPU seconds
-    used meanwhile by the gateway's process tree and by redis-server."""
-    if ctx.gw is None:
-        targets = [t for t in targets if not t.via_gateway]
+    """Run every target `reps` times, alternating; gateway and peer runs also record the CPU
+    seconds used meanwhile by their process tree (and the gateway's by redis-server)."""
+    targets = [
+        t
+        for t in targets
+        if (t.sut != "gateway" or ctx.gw is not None) and (t.sut != "peer" or ctx.peer is not None)
+    ]
     results: dict[str, list[WrkResult]] = {t.label: [] for t in targets}
-    token = ctx.gw.token if ctx.gw else None
     warm = 1.0
     for t in targets:  # warm-up: connection pools, lazy imports, allocator arenas
-        run_wrk(ctx.wrk, t.url, t.body, connections=connections, duration_s=warm, token=token)
+        run_wrk(ctx.wrk, t.url, t.body, connections=connections, duration_s=warm, token=t.token)
     for rep in range(ctx.reps):
         for t in targets:
-            gw_pids = ctx.gw.tree() if (ctx.gw and t.via_gateway) else []
-            redis_pids = [ctx.redis.managed.pid] if (ctx.redis and t.via_gateway) else []
-            cpu0, rcpu0 = cpu_seconds(gw_pids), cpu_seconds(redis_pids)
+            pids = _sut_pids(ctx, t)
+            redis_pids = [ctx.redis.managed.pid] if (ctx.redis and t.sut == "gateway") else []
+            cpu0, rcpu0 = cpu_seconds(pids), cpu_seconds(redis_pids)
             res = run_wrk(
                 ctx.wrk,
                 t.url,
                 t.body,
                 connections=connections,
                 duration_s=ctx.duration,
-                token=token,
+                token=t.token,
             )
-            if gw_pids:
-                res.extra["gw_cpu_s"] = cpu_seconds(gw_pids) - cpu0
+            if pids:
+                res.extra["gw_cpu_s"] = cpu_seconds(pids) - cpu0
                 res.extra["redis_cpu_s"] = cpu_seconds(redis_pids) - rcpu0
             results[t.label].append(res)
             print(
@@ -114,7 +156,24 @@ def measure(
 
 
 def _errors(runs: list[WrkResult]) -> int:
-    return sum(r.error_count for r in runs)
+    """Failed requests of the runs; a run that completed no request at all counts as one (its
+    percentiles are zeros, not a measurement)."""
+    return sum(r.error_count + (r.requests == 0) for r in runs)
+
+
+def _added(value: float) -> str:
+    return f"+{value:.2f} ms" if value >= 0 else f"{value:.2f} ms"
+
+
+def _peer_cell(ctx: Ctx, runs: list[WrkResult], text: str) -> str:
+    """The peer's cell: its number, or why there is none."""
+    if ctx.peer is None:
+        return ctx.peer_status
+    if not runs:
+        return "—"
+    if _errors(runs):
+        return f"error: {_errors(runs)} failed requests"
+    return text
 
 
 def _latency_rows(
@@ -125,16 +184,28 @@ def _latency_rows(
     targets: Mapping[str, float],
     gw_label: str = "gateway",
     direct_label: str = "direct",
-) -> None:
-    """One row per percentile: direct, gateway, added = difference of medians."""
+    with_peer: bool = False,
+) -> dict[str, tuple[str, str, str, bool | None]]:
+    """One row per percentile: direct, gateway, added = difference of medians (and the peer's
+    numbers when it ran). Returns, per percentile with a target, the README cells
+    (direct, imagegate, peer) and whether the target is met (None: no numbers)."""
     d = res.get(direct_label, [])
     g = res.get(gw_label, [])
+    pr = res.get("litellm", [])
+    cells: dict[str, tuple[str, str, str, bool | None]] = {}
     for pct in ("p50", "p90", "p99"):
         dv = [r.ms(pct) for r in d]
         gv = [r.ms(pct) for r in g]
+        pv = [r.ms(pct) for r in pr]
         limit = targets.get(pct)
         row = Row(scen, f"{what} {pct}", spread(dv, "{:.3f}", " ms"), spread(gv, "{:.3f}", " ms"))
         row.target = f"added ≤ {limit:g} ms" if limit is not None else "—"
+        peer_cell = "—"
+        if with_peer:
+            text = f"{spread(pv, '{:.3f}', ' ms')} ({_added(med(pv) - med(dv))})" if pv else ""
+            row.peer = _peer_cell(ctx, pr, text)
+            peer_cell = _peer_cell(ctx, pr, f"{med(pv):.2f} ms ({_added(med(pv) - med(dv))})")
+        ok: bool | None = None
         if not g:
             row.status = "n/a"
         elif _errors(d) or _errors(g):
@@ -142,49 +213,95 @@ def _latency_rows(
         else:
             added = med(gv) - med(dv)
             row.result = f"+{added:.3f} ms" if added >= 0 else f"{added:.3f} ms"
-            row.status = verdict(added <= limit) if limit is not None else "info"
+            ok = added <= limit if limit is not None else None
+            row.status = verdict(ok) if ok is not None else "info"
         ctx.report.add(row)
+        if limit is not None:
+            gcell = row.status
+            if g and ok is not None:
+                gcell = f"{med(gv):.2f} ms ({_added(med(gv) - med(dv))})"
+            cells[pct] = (f"{med(dv):.2f} ms" if dv else "—", gcell, peer_cell, ok)
+    return cells
+
+
+def _table(
+    ctx: Ctx, order: int, metric: str, cells: tuple[str, str, str, bool | None], target: str
+) -> None:
+    direct, imagegate, peer, ok = cells
+    met_cell = "n/a" if ok is None and imagegate in ("n/a", "—") else met(bool(ok))
+    if ok is None and imagegate == "error":
+        met_cell = "error"
+    ctx.report.add_table(TableRow(order, metric, direct, imagegate, peer, target, met_cell))
 
 
 # --- (a) latency at c=1 --------------------------------------------------------------------------
 def scenario_a(ctx: Ctx) -> dict[str, list[WrkResult]]:
     small: dict[str, list[WrkResult]] = {}
     for image, targets in (
-        (ctx.small, {"p50": 1.0, "p99": 3.0}),
-        (ctx.large, {"p50": 15.0}),
+        (ctx.small, {"p50": T_ADDED_P50_SMALL_MS, "p99": T_ADDED_P99_SMALL_MS}),
+        (ctx.large, {"p50": T_ADDED_P50_LARGE_MS}),
     ):
-        res = measure(
-            ctx, f"a-{image.label}", [_direct_edit(ctx, image), _gateway_edit(ctx, image)], 1
+        res = measure(ctx, f"a-{image.label}", _edit_targets(ctx, image), 1)
+        cells = _latency_rows(
+            ctx, "a", f"c=1 {image.label} edit latency", res, targets, with_peer=True
         )
-        _latency_rows(ctx, "a", f"c=1 {image.label} edit latency", res, targets)
+        for pct, limit in targets.items():
+            order = {("100 KB", "p50"): 20, ("100 KB", "p99"): 21}.get((image.label, pct), 30)
+            _table(
+                ctx, order, f"c=1, {image.label} edit, {pct} (added)", cells[pct],
+                f"added ≤ {limit:g} ms",
+            )  # fmt: skip
         if image is ctx.small:
             small = res
     return small
 
 
 # --- (b) throughput, (c) CPU per request ---------------------------------------------------------
-def scenario_b(ctx: Ctx) -> dict[str, list[WrkResult]]:
-    res = measure(
-        ctx, "b", [_direct_edit(ctx, ctx.small), _gateway_edit(ctx, ctx.small)], connections=32
-    )
-    d, g = res.get("direct", []), res.get("gateway", [])
+def _throughput(
+    ctx: Ctx, image: TestImage, limit: float, order: int, peer_ratio: float | None
+) -> dict[str, list[WrkResult]]:
+    res = measure(ctx, f"b-{image.label}", _edit_targets(ctx, image), connections=32)
+    d, g, pr = res.get("direct", []), res.get("gateway", []), res.get("litellm", [])
+    drps, grps, prps = ([r.rps for r in x] for x in (d, g, pr))
+    target = f"≥ {limit:,.0f} req/s"
+    if peer_ratio is not None:
+        target += f" and ≥ {peer_ratio:g}x {ctx.report.peer_title.split()[0]}"
     row = Row(
         "b",
-        "throughput, c=32, 100 KB edits",
-        spread([r.rps for r in d], "{:,.0f}", " req/s"),
-        spread([r.rps for r in g], "{:,.0f}", " req/s"),
-        target="gateway ≥ 1,000 req/s",
+        f"throughput, c=32, {image.label} edits",
+        spread(drps, "{:,.0f}", " req/s"),
+        spread(grps, "{:,.0f}", " req/s"),
+        target=target,
     )
+    row.peer = _peer_cell(ctx, pr, spread(prps, "{:,.0f}", " req/s"))
+    peer_cell = _peer_cell(ctx, pr, f"{med(prps):,.0f} req/s")
+    ok: bool | None = None
     if not g:
         row.status = "n/a"
     elif _errors(d) or _errors(g):
         row.status, row.result = "error", f"{_errors(d)} / {_errors(g)} failed requests"
     else:
-        row.result = f"{med([r.rps for r in g]) / med([r.rps for r in d]):.1%} of direct"
-        row.status = verdict(med([r.rps for r in g]) >= 1000)
+        row.result = f"{med(grps) / med(drps):.1%} of direct"
+        ok = med(grps) >= limit
+        if peer_ratio is not None and prps and not _errors(pr):
+            ratio = med(grps) / med(prps)
+            row.result += f"; {ratio:.1f}x the peer"
+            ok = ok and ratio >= peer_ratio
+        row.status = verdict(ok)
     ctx.report.add(row)
-    _latency_rows(ctx, "b", "c=32 100 KB latency", res, {})
+    gcell = f"{med(grps):,.0f} req/s" if ok is not None else row.status
+    if ok is not None and peer_ratio is not None and prps and not _errors(pr):
+        gcell += f" ({med(grps) / med(prps):.1f}x)"
+    cells = (f"{med(drps):,.0f} req/s" if drps else "—", gcell, peer_cell, ok)
+    _table(ctx, order, f"c=32, {image.label} edits", cells, target)
+    _latency_rows(ctx, "b", f"c=32 {image.label} latency", res, {}, with_peer=True)
     return res
+
+
+def scenario_b(ctx: Ctx) -> dict[str, list[WrkResult]]:
+    small = _throughput(ctx, ctx.small, T_RPS_SMALL, 41, T_PEER_RATIO)
+    _throughput(ctx, ctx.large, T_RPS_LARGE, 40, None)
+    return small
 
 
 def scenario_c(
@@ -193,18 +310,27 @@ def scenario_c(
     if not b.get("gateway") and not a_small.get("gateway"):
         ctx.report.add(Row("c", "gateway CPU per 100 KB edit", status="n/a"))
         return
-    for runs, what, limit in (
-        (b.get("gateway", []), "c=32", 1.0),
-        (a_small.get("gateway", []), "c=1", None),
-    ):
+
+    def per_edit(runs: list[WrkResult]) -> list[float]:
+        return [r.extra["gw_cpu_s"] / r.requests * 1000 for r in runs if r.requests]
+
+    for res, what, limit in ((b, "c=32", T_CPU_MS), (a_small, "c=1", None)):
+        runs = res.get("gateway", [])
         if not runs:
             continue
-        per = [r.extra["gw_cpu_s"] / r.requests * 1000 for r in runs if r.requests]
+        per = per_edit(runs)
         rper = [r.extra["redis_cpu_s"] / r.requests * 1000 for r in runs if r.requests]
         row = Row("c", f"gateway CPU per 100 KB edit, {what}", gateway=spread(per, "{:.3f}", " ms"))
         row.result = f"redis-server: {spread(rper, '{:.3f}', ' ms')}"
+        peer_runs = res.get("litellm", [])
+        row.peer = _peer_cell(ctx, peer_runs, spread(per_edit(peer_runs), "{:.3f}", " ms"))
         if limit is not None:
-            row.target, row.status = f"≤ {limit:g} ms", verdict(med(per) <= limit)
+            ok = med(per) <= limit and not _errors(runs)
+            row.target, row.status = f"≤ {limit:g} ms", verdict(ok)
+            peer_cell = _peer_cell(ctx, peer_runs, f"{med(per_edit(peer_runs)):.3f} ms")
+            cells = ("—", f"{med(per):.3f} ms", peer_cell, ok)
+            _table(ctx, 50, "gateway CPU per 100 KB edit (c=32; process tree utime+stime)", cells,
+                   row.target)  # fmt: skip
         ctx.report.add(row)
 
 
@@ -242,7 +368,8 @@ def scenario_f(ctx: Ctx) -> None:
             path.write_text(json.dumps(payload))
             gwmod.verify_edit(ctx.gw, path.read_bytes(), "application/json", f"JSON-URL ({label})")
             body = Body("file", path, content_type="application/json")
-            targets.append(Target(label, f"{ctx.gw.base}/v1/images/edits", body, True))
+            url_ = f"{ctx.gw.base}/v1/images/edits"
+            targets.append(Target(label, url_, body, "gateway", ctx.gw.token))
     res = measure(ctx, "f", targets, connections=1)
     for label, what in (
         ("json-b64", "c=1 JSON image-URL edit, b64_json answer"),
@@ -259,7 +386,6 @@ def scenario_g(ctx: Ctx) -> None:
         "direct",
         f"{ctx.mock.base}/v1beta/models/gemini-2.5-flash-image:generateContent",
         Body("file", path, content_type="application/json"),
-        False,
     )
     targets = [direct]
     if ctx.gw is not None:
@@ -342,25 +468,34 @@ def scenario_s(ctx: Ctx) -> None:
     ctx.raw["s"] = {"trips": trips, "commands": cmds, "idle_commands_per_s": idle_cmds}
 
 
-# --- (d) memory per in-flight request against the slow upstream ----------------------------------
+# --- (d) memory and spool disk per in-flight request against the slow upstream -----------------
 async def _send_all(
-    port: int, payload: bytes, n: int, limit_s: float, answered: list[tuple[int, bytes]]
+    port: int, head: bytes, body: bytes, n: int, limit_s: float, answered: list[tuple[int, bytes]]
 ) -> None:
-    """Send `n` copies of `payload` at once, each on its own connection; append each
-    (status, first bytes of the body) to `answered` as it arrives (0: no HTTP answer)."""
+    """Send `n` requests at once, each on its own connection, all from the one `body` buffer
+    (`sock_sendall` sends from a memoryview of it: 1,000 x 1 MB uploads cost the harness 1 MB,
+    not 1 GB); append each (status, first bytes of the answer's body) to `answered` as it
+    arrives (0: no HTTP answer)."""
+    loop = asyncio.get_running_loop()
+    view = memoryview(body)
 
     async def one() -> tuple[int, bytes]:
-        reader, writer = await asyncio.open_connection("127.0.0.1", port, limit=1 << 20)
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setblocking(False)
         try:
-            writer.write(payload)
-            await writer.drain()
-            data = await reader.read()  # Connection: close -> the whole response, then EOF
+            await loop.sock_connect(sock, ("127.0.0.1", port))
+            await loop.sock_sendall(sock, head)
+            await loop.sock_sendall(sock, view)
+            chunks = []
+            while chunk := await loop.sock_recv(sock, 1 << 16):  # Connection: close -> EOF
+                chunks.append(chunk)
         finally:
-            writer.close()
+            sock.close()
+        data = b"".join(chunks)
         if not data.startswith(b"HTTP/"):
             return 0, data[:200]
-        head, _, body = data.partition(b"\r\n\r\n")
-        return int(head.split(b" ", 2)[1]), body[:200]
+        top, _, rest = data.partition(b"\r\n\r\n")
+        return int(top.split(b" ", 2)[1]), rest[:200]
 
     async def guarded() -> None:
         try:
@@ -375,7 +510,50 @@ def _rss_mib(pids: list[int]) -> float:
     return rss_bytes(pids) / MIB
 
 
-def _inflight(ctx: Ctx, image: TestImage, n: int, limit_bytes: Callable[[int], float]) -> None:
+@dataclass
+class SpoolUse:
+    files: int = 0  # open spool descriptors (anonymous O_TMPFILE files have no name: no `du`)
+    size: int = 0  # their st_size, summed
+    allocated: int = 0  # their st_blocks x 512, summed (what they take on disk)
+
+
+def spool_use(pids: list[int], spool_dir: Path) -> SpoolUse:
+    """The spool files the gateway's processes hold open: /proc/<pid>/fd links that point into
+    `spool_dir` (an O_TMPFILE file reads `<dir>/#<inode> (deleted)`), each fstat-ed through
+    its /proc link. A file open twice in one process is counted once."""
+    prefix = str(spool_dir.resolve()) + "/"
+    use, seen = SpoolUse(), set()
+    for pid in pids:
+        fd_dir = f"/proc/{pid}/fd"
+        try:
+            names = os.listdir(fd_dir)
+        except OSError:
+            continue
+        for name in names:
+            try:
+                if not os.readlink(f"{fd_dir}/{name}").startswith(prefix):
+                    continue
+                st = os.stat(f"{fd_dir}/{name}")
+            except OSError:
+                continue  # closed meanwhile
+            if (st.st_dev, st.st_ino) in seen:
+                continue
+            seen.add((st.st_dev, st.st_ino))
+            use.files += 1
+            use.size += st.st_size
+            use.allocated += st.st_blocks * 512
+    return use
+
+
+def free_bytes(path: Path) -> int:
+    """Free space of the filesystem holding `path` (the spool dir, or its nearest parent)."""
+    while not path.exists():
+        path = path.parent
+    st = os.statvfs(path)
+    return st.f_bavail * st.f_frsize
+
+
+def _inflight(ctx: Ctx, image: TestImage, n: int, order: int) -> None:
     gw, slow = ctx.gw, ctx.slow
     assert gw is not None and slow is not None
     body, ctype = multipart_body(image.path.read_bytes(), SLOW_MODEL)
@@ -383,9 +561,9 @@ def _inflight(ctx: Ctx, image: TestImage, n: int, limit_bytes: Callable[[int], f
         f"POST /v1/images/edits HTTP/1.1\r\nHost: 127.0.0.1:{gw.port}\r\n"
         f"Authorization: Bearer {gw.token}\r\nContent-Type: {ctype}\r\n"
         f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
-    )
-    payload = head.encode() + body
+    ).encode()
     gwmod.restart_gateway(ctx.sup, gw)  # a fresh heap: earlier scenarios' peaks don't hide growth
+    spool_dir = gw.spool_dir
     slow.release()  # answer at once while warming up
     for _ in range(20):
         status, data = gwmod.post(gw.port, "/v1/images/edits", body, ctype, gw.token)
@@ -393,16 +571,18 @@ def _inflight(ctx: Ctx, image: TestImage, n: int, limit_bytes: Callable[[int], f
             raise HarnessError(f"slow-upstream edit answered {status}: {data[:300]!r}")
     time.sleep(1.0)
     before = med([_rss_mib(gw.tree()) for _ in range(3)])
+    free_before = free_bytes(spool_dir)
+    spool_before = spool_use(gw.tree(), spool_dir)
     slow.hold()
     answered: list[tuple[int, bytes]] = []
     sender = threading.Thread(
-        target=lambda: asyncio.run(_send_all(gw.port, payload, n, 180.0, answered)),
+        target=lambda: asyncio.run(_send_all(gw.port, head, body, n, 240.0, answered)),
         daemon=True,
     )
     t0 = time.monotonic()
     sender.start()
     held, last_change, last = 0, time.monotonic(), -1
-    while time.monotonic() - t0 < 120:  # until all are held upstream, or no progress for 5 s
+    while time.monotonic() - t0 < 150:  # until all are held upstream, or no progress for 5 s
         held = slow.held()
         if held != last:
             last, last_change = held, time.monotonic()
@@ -410,27 +590,35 @@ def _inflight(ctx: Ctx, image: TestImage, n: int, limit_bytes: Callable[[int], f
             break
         time.sleep(0.2)
     inflight = n - len(answered)  # still waiting for their answer: in flight in the gateway
-    samples = []
+    samples, spools, frees = [], [], []
     for _ in range(5):
         samples.append(_rss_mib(gw.tree()))
+        spools.append(spool_use(gw.tree(), spool_dir))
+        frees.append(free_bytes(spool_dir))
         time.sleep(0.2)
     during = max(samples)
+    spool = max(spools, key=lambda u: u.allocated)
+    disk_delta = free_before - min(frees)
     slow.release()
-    sender.join(timeout=200)
+    sender.join(timeout=300)
     time.sleep(2.0)
     after = _rss_mib(gw.tree())
+    spool_after = spool_use(gw.tree(), spool_dir)
     failed = Counter(status for status, _ in answered if status != 200)
     per = (during - before) * MIB / max(inflight, 1)
-    limit = limit_bytes(len(body))
+    limit = T_INFLIGHT_KIB * KIB
+    what = f"{n:,} x {image.label} ({len(body):,} B bodies)"
     row = Row(
         "d",
-        f"gateway RSS per in-flight {image.label} request ({n} sent at once)",
+        f"gateway RSS per in-flight request, {what} sent at once",
         direct=f"{held} held upstream, {inflight} in flight",
         gateway=f"{before:.0f} → {during:.0f} → {after:.0f} MiB (before → during → after)",
-        result=f"{per / KIB:,.1f} KiB per in-flight request ({per / len(body):.2f}x the upload)",
-        target=f"≤ {limit / KIB:,.0f} KiB with all {n} in flight",
+        result=f"{per / KIB:,.1f} KiB per in-flight request ({per / len(body):.3f}x the upload)",
+        target=f"≤ {T_INFLIGHT_KIB:g} KiB with all {n:,} in flight",
     )
-    row.status = verdict(per <= limit and not failed and inflight == n)
+    complete = not failed and inflight == n and len(answered) == n
+    ok = per <= limit and complete
+    row.status = verdict(ok)
     if failed or len(answered) < n:
         sample = next((body for status, body in answered if status != 200), b"")
         counts = ", ".join(f"{c} x HTTP {st}" for st, c in failed.items())
@@ -438,10 +626,41 @@ def _inflight(ctx: Ctx, image: TestImage, n: int, limit_bytes: Callable[[int], f
         if len(answered) < n:
             row.result += f"; {n - len(answered)} never answered"
     ctx.report.add(row)
+    disk = Row(
+        "d",
+        f"spool disk while {what} are in flight",
+        gateway=(
+            f"{spool.files:,} open spool files, {spool.allocated / MIB:,.1f} MiB allocated "
+            f"({spool.size / MIB:,.1f} MiB st_size); filesystem free space "
+            f"-{disk_delta / MIB:,.1f} MiB"
+        ),
+        result=(
+            f"{spool.allocated / max(inflight, 1) / KIB:,.0f} KiB per in-flight request "
+            f"({spool.allocated / max(inflight, 1) / len(body):.2f}x the upload); "
+            f"after: {spool_after.files} files"
+        ),
+        target="info (about 1x the upload: the body lives on disk)",
+    )
+    ctx.report.add(disk)
+    rss_cell = f"{per / KIB:,.1f} KiB" if complete else f"error: {row.result}"
+    _table(
+        ctx, order, f"RSS per in-flight edit, {what.split(' (')[0]}, slow upstream",
+        (f"{held:,} held upstream", rss_cell, "—", ok if complete else None),
+        f"≤ {T_INFLIGHT_KIB:g} KiB",
+    )  # fmt: skip
+    if not complete:
+        ctx.report.table[-1].met = "error"
+    _table(
+        ctx, order + 1, f"spool disk in flight, {what.split(' (')[0]} (fds / statvfs)",
+        ("—", f"{spool.allocated / MIB:,.0f} MiB / {disk_delta / MIB:,.0f} MiB", "—", None),
+        "info",
+    )  # fmt: skip
+    ctx.report.table[-1].met = "info"
     ctx.raw[f"d-{image.label}"] = {
         "n": n, "held": held, "inflight": inflight, "before_mib": before, "during_mib": during,
         "after_mib": after, "per_request_bytes": per, "failed": dict(failed),
-        "body_bytes": len(body),
+        "body_bytes": len(body), "spool": spool.__dict__, "spool_before": spool_before.__dict__,
+        "spool_after": spool_after.__dict__, "statvfs_used_bytes": disk_delta,
     }  # fmt: skip
 
 
@@ -449,5 +668,6 @@ def scenario_d(ctx: Ctx) -> None:
     if ctx.gw is None or ctx.slow is None:
         ctx.report.add(Row("d", "memory per in-flight request", status="n/a"))
         return
-    _inflight(ctx, ctx.small, ctx.inflight_small, lambda _size: 100 * KIB)
-    _inflight(ctx, ctx.large, ctx.inflight_large, lambda size: 1.2 * size)
+    assert ctx.medium is not None
+    _inflight(ctx, ctx.medium, ctx.inflight_medium, 10)
+    _inflight(ctx, ctx.large, ctx.inflight_large, 12)
