@@ -34,7 +34,7 @@ bench-peers:
 
 # Copy the newest results file's README table into README.md's performance section.
 bench-readme:
-	python3 -m bench.report --readme "$$(ls -t bench/results/20*-*.md | grep -Ev -- '-(metrics|routing|tracing|transport|s3|cluster)' | head -1)"
+	python3 -m bench.report --readme
 
 # Coverage-guided fuzzing (atheris) of the body parsers and the image sniffer, FUZZ_SECONDS each.
 fuzz:

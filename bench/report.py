@@ -89,7 +89,8 @@ class Report:
         out = [
             TABLE_BEGIN,
             f"From `bench/results/{results_name(self)}` ({f['date']}, commit {f['commit']}; "
-            f"{f.get('gateway_short', 'one gateway worker')}; {f.get('machine_short', '')}).",
+            f"{f.get('gateway_short', 'one gateway worker')}; {f.get('machine_short', '')}"
+            f"{f.get('run_kind', '')}).",
             "",
             _cells(["metric", "direct", "imagegate", self.peer_title, "target", "met?"]),
             "|---|---|---|---|---|---|",
@@ -101,7 +102,7 @@ class Report:
 
     def markdown(self) -> str:
         out = [f"# imagegate benchmark — {self.facts['date']}, commit {self.facts['commit']}", ""]
-        hidden = ("date", "commit", "gateway_short", "machine_short", "results_name")
+        hidden = ("date", "commit", "gateway_short", "machine_short", "results_name", "run_kind")
         out += [f"- **{k}**: {v}" for k, v in self.facts.items() if k not in hidden]
         out += [f"- **settings**: {self.settings}", ""]
         if self.table:
@@ -275,19 +276,32 @@ def update_readme(results: Path, readme: Path = README) -> None:
     readme.write_text(text[:begin] + table + text[end:])
 
 
+def newest_results() -> Path | None:
+    """The newest results file that has a README table (the scenario runs' files)."""
+    found = [p for p in RESULTS_DIR.glob("20*.md") if TABLE_BEGIN in p.read_text(errors="replace")]
+    return max(found, key=lambda p: p.stat().st_mtime, default=None)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="python -m bench.report",
         description="Copy a results file's README table into README.md's performance section.",
     )
-    p.add_argument("--readme", type=Path, required=True, metavar="RESULTS_MD")
+    p.add_argument(
+        "--readme", nargs="?", const="", required=True, metavar="RESULTS_MD",
+        help="the results file (default: the newest one under bench/results/ with a table)",
+    )  # fmt: skip
     args = p.parse_args(argv)
+    results = Path(args.readme) if args.readme else newest_results()
+    if results is None:
+        print(f"error: no results file with a README table in {RESULTS_DIR}", file=sys.stderr)
+        return 1
     try:
-        update_readme(args.readme)
+        update_readme(results)
     except (OSError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    print(f"README.md: performance table from {args.readme}")
+    print(f"README.md: performance table from {results}")
     return 0
 
 

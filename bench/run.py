@@ -143,6 +143,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     assert medium.size == INFLIGHT_1MB_BYTES
     report = Report(machine_facts(gwmod.REPO, tools), settings)
+    if args.quick or duration < 10 or reps < 3:
+        report.facts["run_kind"] = f"; SHORT RUN ({duration:g} s x {reps}): a smoke test only"
     failed: list[str] = []
     interrupted = False
     sup = Supervisor(run_dir / "logs", keep=args.keep)
