@@ -217,7 +217,7 @@ def _latency_rows(
             row.status = verdict(ok) if ok is not None else "info"
         ctx.report.add(row)
         if limit is not None:
-            gcell = row.status
+            gcell = f"error: {row.result}" if row.status == "error" else row.status
             if g and ok is not None:
                 gcell = f"{med(gv):.2f} ms ({_added(med(gv) - med(dv))})"
             cells[pct] = (f"{med(dv):.2f} ms" if dv else "—", gcell, peer_cell, ok)
@@ -228,9 +228,7 @@ def _table(
     ctx: Ctx, order: int, metric: str, cells: tuple[str, str, str, bool | None], target: str
 ) -> None:
     direct, imagegate, peer, ok = cells
-    met_cell = "n/a" if ok is None and imagegate in ("n/a", "—") else met(bool(ok))
-    if ok is None and imagegate == "error":
-        met_cell = "error"
+    met_cell = ("error" if imagegate.startswith("error") else "n/a") if ok is None else met(ok)
     ctx.report.add_table(TableRow(order, metric, direct, imagegate, peer, target, met_cell))
 
 
@@ -289,7 +287,9 @@ def _throughput(
             ok = ok and ratio >= peer_ratio
         row.status = verdict(ok)
     ctx.report.add(row)
-    gcell = f"{med(grps):,.0f} req/s" if ok is not None else row.status
+    gcell = f"error: {row.result}" if row.status == "error" else row.status
+    if ok is not None:
+        gcell = f"{med(grps):,.0f} req/s"
     if ok is not None and peer_ratio is not None and prps and not _errors(pr):
         gcell += f" ({med(grps) / med(prps):.1f}x)"
     cells = (f"{med(drps):,.0f} req/s" if drps else "—", gcell, peer_cell, ok)
@@ -648,11 +648,10 @@ def _inflight(ctx: Ctx, image: TestImage, n: int, order: int) -> None:
         (f"{held:,} held upstream", rss_cell, "—", ok if complete else None),
         f"≤ {T_INFLIGHT_KIB:g} KiB",
     )  # fmt: skip
-    if not complete:
-        ctx.report.table[-1].met = "error"
     _table(
         ctx, order + 1, f"spool disk in flight, {what.split(' (')[0]} (fds / statvfs)",
-        ("—", f"{spool.allocated / MIB:,.0f} MiB / {disk_delta / MIB:,.0f} MiB", "—", None),
+        ("—", f"{spool.allocated / MIB:,.0f} MiB ({spool.files:,} files) / "
+              f"{disk_delta / MIB:,.0f} MiB", "—", None),
         "info",
     )  # fmt: skip
     ctx.report.table[-1].met = "info"
