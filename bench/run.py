@@ -64,6 +64,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--direct-only", action="store_true", help="no gateway: measure the mock only")
     p.add_argument("--inflight-medium", type=int, default=None, help="(d) 1 MB requests (1000)")
     p.add_argument("--inflight-large", type=int, default=None, help="(d) 8 MB requests (200)")
+    p.add_argument(
+        "--inflight-burst", type=int, default=64,
+        help="(d) uploads in progress at once while filling up (0: all at once)",
+    )  # fmt: skip
     p.add_argument("--slow-delay", type=float, default=60.0, help="slow upstream's longest hold")
     p.add_argument("--no-save", action="store_true", help="print the table, don't save it")
     p.add_argument(
@@ -220,6 +224,7 @@ def _start_servers(
         quick=args.quick,
         inflight_medium=args.inflight_medium or (100 if args.quick else 1000),
         inflight_large=args.inflight_large or (20 if args.quick else 200),
+        inflight_burst=args.inflight_burst,
     )
     report.notes.append(f"mock upstream: nginx on {mock.base} (1 worker, access log off)")
     if args.direct_only:

@@ -69,6 +69,7 @@ class Ctx:
     peer_status: str = "skipped: not installed"
     inflight_medium: int = 1000
     inflight_large: int = 200
+    inflight_burst: int = 64  # (d) uploads in progress at once while filling up
     raw: dict[str, object] = field(default_factory=dict)
 
 
@@ -470,22 +471,34 @@ def scenario_s(ctx: Ctx) -> None:
 
 # --- (d) memory and spool disk per in-flight request against the slow upstream -----------------
 async def _send_all(
-    port: int, head: bytes, body: bytes, n: int, limit_s: float, answered: list[tuple[int, bytes]]
+    port: int,
+    head: bytes,
+    body: bytes,
+    n: int,
+    limit_s: float,
+    answered: list[tuple[int, bytes]],
+    uploaded: list[int],
+    burst: int,
 ) -> None:
-    """Send `n` requests at once, each on its own connection, all from the one `body` buffer
+    """Send `n` requests, each on its own connection, all from the one `body` buffer
     (`sock_sendall` sends from a memoryview of it: 1,000 x 1 MB uploads cost the harness 1 MB,
-    not 1 GB); append each (status, first bytes of the answer's body) to `answered` as it
-    arrives (0: no HTTP answer)."""
+    not 1 GB), with at most `burst` uploads in progress at a time (0: all at once); a request
+    whose upload is done waits for its answer, so all `n` end up in flight together. Append
+    each (status, first bytes of the answer's body) to `answered` as it arrives (0: no HTTP
+    answer); `uploaded[0]` counts the finished uploads."""
     loop = asyncio.get_running_loop()
     view = memoryview(body)
+    gate = asyncio.Semaphore(burst if burst > 0 else n)
 
     async def one() -> tuple[int, bytes]:
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setblocking(False)
         try:
-            await loop.sock_connect(sock, ("127.0.0.1", port))
-            await loop.sock_sendall(sock, head)
-            await loop.sock_sendall(sock, view)
+            async with gate:
+                await loop.sock_connect(sock, ("127.0.0.1", port))
+                await loop.sock_sendall(sock, head)
+                await loop.sock_sendall(sock, view)
+            uploaded[0] += 1
             chunks = []
             while chunk := await loop.sock_recv(sock, 1 << 16):  # Connection: close -> EOF
                 chunks.append(chunk)
@@ -575,18 +588,23 @@ def _inflight(ctx: Ctx, image: TestImage, n: int, order: int) -> None:
     spool_before = spool_use(gw.tree(), spool_dir)
     slow.hold()
     answered: list[tuple[int, bytes]] = []
+    uploaded = [0]
     sender = threading.Thread(
-        target=lambda: asyncio.run(_send_all(gw.port, head, body, n, 240.0, answered)),
+        target=lambda: asyncio.run(
+            _send_all(gw.port, head, body, n, 240.0, answered, uploaded, ctx.inflight_burst)
+        ),
         daemon=True,
     )
     t0 = time.monotonic()
     sender.start()
-    held, last_change, last = 0, time.monotonic(), -1
-    while time.monotonic() - t0 < 150:  # until all are held upstream, or no progress for 5 s
-        held = slow.held()
-        if held != last:
-            last, last_change = held, time.monotonic()
-        if held >= n or time.monotonic() - last_change > 5:
+    held, last_change, last = 0, time.monotonic(), (-1, -1, -1)
+    while time.monotonic() - t0 < 150:  # until all are held upstream, or no progress for 10 s
+        stats = slow.stats()
+        held = int(str(stats["held"]))
+        progress = (held, int(str(stats["body_bytes"])), uploaded[0])
+        if progress != last:
+            last, last_change = progress, time.monotonic()
+        if held >= n or time.monotonic() - last_change > 10:
             break
         time.sleep(0.2)
     inflight = n - len(answered)  # still waiting for their answer: in flight in the gateway
@@ -610,7 +628,7 @@ def _inflight(ctx: Ctx, image: TestImage, n: int, order: int) -> None:
     what = f"{n:,} x {image.label} ({len(body):,} B bodies)"
     row = Row(
         "d",
-        f"gateway RSS per in-flight request, {what} sent at once",
+        f"gateway RSS per in-flight request, {what} in flight at once",
         direct=f"{held} held upstream, {inflight} in flight",
         gateway=f"{before:.0f} → {during:.0f} → {after:.0f} MiB (before → during → after)",
         result=f"{per / KIB:,.1f} KiB per in-flight request ({per / len(body):.3f}x the upload)",
