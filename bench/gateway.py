@@ -225,7 +225,8 @@ def gateway_env(run_dir: Path, config: Path, redis: Redis, mock_base: str) -> di
     }
 
 
-def _get(port: int, path: str, timeout: float = 2.0) -> int:
+def get_status(port: int, path: str, timeout: float = 2.0) -> int:
+    """Status of a GET on 127.0.0.1:`port` (0 when nothing answers)."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
     try:
         conn.request("GET", path)
@@ -254,8 +255,8 @@ def start_gateway(sup: Supervisor, gw: Gateway) -> None:
         if not gw.managed.alive():
             raise HarnessError(f"imagegate serve exited:\n{gw.managed.log_tail()}")
         if port_open(gw.port):
-            status = _get(gw.port, "/readyz")
-            if status == 200 or (status == 404 and _get(gw.port, "/healthz") == 200):
+            status = get_status(gw.port, "/readyz")
+            if status == 200 or (status == 404 and get_status(gw.port, "/healthz") == 200):
                 return
         time.sleep(0.1)
     raise HarnessError(f"imagegate serve not ready after 60s:\n{gw.managed.log_tail()}")

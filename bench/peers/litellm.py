@@ -17,6 +17,7 @@ from pathlib import Path
 
 import yaml
 
+from bench.gateway import get_status
 from bench.peers.base import PEERS_DIR, Peer, PeerSpec
 from bench.procs import HarnessError, Supervisor, free_port, port_open
 
@@ -93,25 +94,10 @@ def start(sup: Supervisor, run_dir: Path, mock_base: str, model: str) -> Peer:
     while time.monotonic() < deadline:
         if not managed.alive():
             raise HarnessError(f"litellm exited:\n{managed.log_tail()}")
-        if port_open(port) and _status(port, "/health/liveliness") == 200:
+        if port_open(port) and get_status(port, "/health/liveliness") == 200:
             return Peer("litellm", f"LiteLLM {VERSION}", port, master_key, managed)
         time.sleep(0.2)
     raise HarnessError(f"litellm not ready after 120 s:\n{managed.log_tail()}")
-
-
-def _status(port: int, path: str) -> int:
-    import http.client
-
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-    try:
-        conn.request("GET", path)
-        resp = conn.getresponse()
-        resp.read()
-        return resp.status
-    except OSError:
-        return 0
-    finally:
-        conn.close()
 
 
 SPEC = PeerSpec("litellm", "LiteLLM", VENV, installed, setup, start)
