@@ -23,7 +23,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from app.core import tracing
 from app.core.config import ConfigError, GatewayConfig, Settings, load_config
 from app.core.logging import fields, get_logger, quiet_info, setup_logging
-from app.core.memory import tune_malloc
+from app.core.memory import raise_open_files_limit, tune_malloc
 
 log = get_logger("imagegate")
 
@@ -87,6 +87,7 @@ def serve(
         return 2
     if settings.malloc_tuning:
         tune_malloc()
+    raise_open_files_limit()  # ~3 descriptors per edit in flight (app/core/memory.py)
     if workers <= 1:
         if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):  # an operator's choice: start it clean
             from app.core.metrics import multiprocess_dir_for_group
