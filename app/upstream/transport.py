@@ -108,15 +108,40 @@ def proxy_for(url: str) -> str | None:
     return proxies.get(parts.scheme) or proxies.get("all")
 
 
+# An SSE line carries a whole event; an image event's base64 is a few MB, so lines are split
+# here rather than by aiohttp's readline (which refuses lines over its 512 KiB buffer). The
+# cap keeps a stream that never sends a newline from growing without bound.
+MAX_LINE_BYTES = 96 * 1024 * 1024
+
+
 class _Lines:
     def __init__(self, resp: aiohttp.ClientResponse, summary: UpstreamResponse) -> None:
         self._resp = resp
         self.response = summary
 
     async def lines(self) -> AsyncIterator[bytes]:
+        """The body's lines, each with its b"\n" (the last one may lack it)."""
+        pending: list[bytes] = []  # the start of a line that spans chunks
+        size = 0
         try:
-            async for line in self._resp.content:
-                yield line
+            async for chunk in self._resp.content.iter_any():
+                start = 0
+                while (end := chunk.find(b"\n", start)) >= 0:
+                    piece = chunk[start : end + 1]
+                    if pending:
+                        pending.append(piece)
+                        piece = b"".join(pending)
+                        pending.clear()
+                        size = 0
+                    yield piece
+                    start = end + 1
+                if start < len(chunk):
+                    pending.append(chunk[start:] if start else chunk)
+                    size += len(chunk) - start
+                    if size > MAX_LINE_BYTES:
+                        raise TransportFailure(f"stream line over {MAX_LINE_BYTES} bytes")
+            if pending:
+                yield b"".join(pending)
         except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
             raise TransportTimeout("timed out mid-stream") from exc
         except (aiohttp.ClientError, OSError) as exc:
