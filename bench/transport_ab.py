@@ -59,10 +59,13 @@ Send = Callable[[Sequence[bytes], str], Awaitable[bytes]]
 def multipart(image: bytes) -> tuple[list[bytes], str]:
     from app.upstream.multipart import FilePart, encode_multipart_parts
 
-    return encode_multipart_parts(
+    pieces, content_type = encode_multipart_parts(
         [("model", "gpt-image-1.5"), ("prompt", "benchmark: add a small red hat")],
         [FilePart("image", "image_0.png", "image/png", image)],
     )
+    out = [p for p in pieces if isinstance(p, bytes)]
+    assert len(out) == len(pieces), "every file part here is in memory: all pieces are bytes"
+    return out, content_type
 
 
 # The hand-written pool was deleted after this A/B; it is loaded from the last commit that had it.

@@ -94,7 +94,7 @@ async def measure(url: str, build: Build, sends: int, chunked: bool) -> float:
         async def no_sendfile(*_: Any) -> bool:
             return False
 
-        transport._sendfile = no_sendfile  # type: ignore[attr-defined]
+        transport._sendfile = no_sendfile  # type: ignore[assignment]
     t = AiohttpTransport(max_connections=1, connect_timeout_s=5)
     try:
         for _ in range(3):  # warm the connection and the code
@@ -109,7 +109,7 @@ async def measure(url: str, build: Build, sends: int, chunked: bool) -> float:
     finally:
         await t.aclose()
         if original is not None:
-            transport._sendfile = original  # type: ignore[attr-defined]
+            transport._sendfile = original
 
 
 def main() -> None:
