@@ -83,9 +83,10 @@ class _Delegate(Response):
 
 async def _handle(request: Request, operation: str, gw: Gateway, spool: Spool) -> Response:
     key = await gw.meter.authenticate(request.headers.get("authorization"))
-    declared = request.headers.get("content-length")
+    header = request.headers.get("content-length")
+    declared = int(header) if header is not None and header.isdigit() else None
     limit = gw.config.limits.max_body_bytes
-    if declared is not None and declared.isdigit() and int(declared) > limit:
+    if declared is not None and declared > limit:
         # Refuse before reading: the parser would stop at the limit anyway, but later.
         raise too_large(f"request body is larger than {limit} bytes")
     req = await _PARSERS[operation](
@@ -94,7 +95,7 @@ async def _handle(request: Request, operation: str, gw: Gateway, spool: Spool) -
         gw.config.limits,
         default_model=gw.config.default_model,
         spool=spool,
-        declared=int(declared) if declared is not None and declared.isdigit() else None,
+        declared=declared,
     )
     ctx = EditContext(trace_id=trace_id_of(request), base_url=base_url(request, gw))
     reply = await gw.service.edit(key, req, ctx, request.headers.get("idempotency-key"))
