@@ -20,4 +20,6 @@ python3 -m pip install -q --disable-pip-version-check -e ".[dev]"
 python3 -m ruff check .
 python3 -m ruff format --check .
 python3 -m mypy app
-python3 -m pytest -q "$@"
+# Two workers (IMAGEGATE_TEST_WORKERS; 0 runs in this process), each taking whole files, so a
+# module's gateway, Redis and browser fixtures start once: most e2e time is waiting on processes.
+python3 -m pytest -q -n "${IMAGEGATE_TEST_WORKERS:-2}" --dist loadfile "$@"
