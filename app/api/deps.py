@@ -110,7 +110,28 @@ def admin_router(prefix: str = "", **kwargs: Any) -> APIRouter:
     )
 
 
+_BASE_URLS: dict[tuple[Any, ...], str] = {}
+
+
 def base_url(request: Request, gw: Gateway) -> str:
+    """The URL result links start with: the configured public one, else what the request
+    reached: Starlette's `base_url`, remembered per scheme, Host, root path and server
+    (building it costs ~20 µs, about 2% of an edit's CPU)."""
     if gw.settings.public_base_url:
         return gw.settings.public_base_url.rstrip("/")
-    return str(request.base_url).rstrip("/")
+    scope = request.scope
+    host = request.headers.get("host")
+    key = (
+        scope.get("scheme"),
+        host,
+        scope.get("app_root_path"),
+        scope.get("root_path", ""),
+        None if host else scope.get("server"),
+    )
+    url = _BASE_URLS.get(key)
+    if url is None:
+        url = str(request.base_url).rstrip("/")
+        if len(_BASE_URLS) >= 256:  # Host is the client's to choose: keep the map small
+            _BASE_URLS.clear()
+        _BASE_URLS[key] = url
+    return url

@@ -19,7 +19,8 @@ class JSONResponse(Response):
 
 
 def trace_id_of(request: Request) -> str:
-    return str(getattr(request.state, "trace_id", ""))
+    """The request's trace id (set by RequestContextMiddleware in `scope["state"]`)."""
+    return str(request.scope.get("state", {}).get("trace_id", ""))
 
 
 def error_response(request: Request, err: GatewayError) -> JSONResponse:
