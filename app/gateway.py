@@ -20,6 +20,7 @@ from app.adapters import build_adapters
 from app.core import tracing
 from app.core.config import GatewayConfig, Settings, load_config
 from app.core.logging import fields, get_logger
+from app.core.memory import HeapTrimmer
 from app.core.metrics import Metrics
 from app.domain.audit import AuditLog
 from app.domain.keys import KeyAdmin
@@ -87,6 +88,8 @@ class _TaskMetrics:
 class Gateway:
     def __init__(self, settings: Settings, config: GatewayConfig | None = None) -> None:
         self.settings = settings
+        # Gives a burst's freed upload buffers back to the OS (app/core/memory.py).
+        self.heap = HeapTrimmer(enabled=settings.malloc_tuning)
         self.config = config or load_config(settings)
         self.metrics = Metrics()
         self.data_dir = Path(settings.data_dir)
@@ -254,6 +257,7 @@ class Gateway:
             log.warning("metrics.queue_depth.failed")
 
     async def aclose(self) -> None:
+        self.heap.cancel()
         self._stop_claiming.set()
         self._stop.set()
         # Workers drain (or release) their tasks on stop; give them their grace period.

@@ -97,6 +97,8 @@ async def _handle(request: Request, operation: str, gw: Gateway, spool: Spool) -
         spool=spool,
         declared=declared,
     )
+    if declared is not None and declared >= gw.config.limits.spool_threshold_bytes:
+        gw.heap.soon()  # the upload's socket buffers are free now: trim the heap shortly
     ctx = EditContext(trace_id=trace_id_of(request), base_url=base_url(request, gw))
     reply = await gw.service.edit(key, req, ctx, request.headers.get("idempotency-key"))
     if reply.raw is not None:
