@@ -85,7 +85,7 @@ def start_server(rig: Rig, server: str) -> None:
         while time.monotonic() < deadline:
             if not rig.gw.managed.alive():
                 raise RuntimeError(f"granian exited:\n{rig.gw.managed.log_tail()}")
-            if port_open(rig.gw.port) and gwmod._get(rig.gw.port, "/readyz") == 200:
+            if port_open(rig.gw.port) and gwmod.get_status(rig.gw.port, "/readyz") == 200:
                 break
             time.sleep(0.1)
         else:
@@ -201,7 +201,7 @@ def start_argv(
                 f"--callgrind-out-file={out}", *argv]  # fmt: skip
     gw.managed = r.sup.start(name, argv, env=gw.env, cwd=tree)
     deadline = time.monotonic() + (600 if callgrind else 60)
-    while not (port_open(gw.port) and gwmod._get(gw.port, "/readyz", 30) == 200):
+    while not (port_open(gw.port) and gwmod.get_status(gw.port, "/readyz", 30) == 200):
         if time.monotonic() > deadline or not gw.managed.alive():
             raise RuntimeError(f"{name} did not start:\n{gw.managed.log_tail()}")
         time.sleep(0.5)
