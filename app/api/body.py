@@ -37,6 +37,7 @@ from app.api.multipart import (
     Callbacks,
     FastMultipartParser,
     MultipartError,
+    form_data_options,
     parse_options_header,
 )
 from app.core.config import LimitsConfig
@@ -143,9 +144,26 @@ async def parse_generation_body(
     return await _parse_json(chunks, limits, default_model, "generate")
 
 
+# What clients send: `multipart/form-data; boundary=<token>`, split here without the regex.
+_MULTIPART_PREFIX: Final = "multipart/form-data; boundary="
+
+
 def _parse_content_type(value: str | None) -> tuple[str, dict[bytes, bytes]]:
     if not value:
         return "", {}
+    if value.startswith(_MULTIPART_PREFIX):
+        boundary = value[len(_MULTIPART_PREFIX) :]
+        # An unquoted ASCII token with nothing after it is what the regex would give too;
+        # quotes, more parameters or surrounding blanks go the general way.
+        if (
+            boundary.isascii()
+            and boundary.isprintable()
+            and boundary == boundary.strip()
+            and ";" not in boundary
+            and '"' not in boundary
+            and boundary
+        ):
+            return "multipart/form-data", {b"boundary": boundary.encode("ascii")}
     mime, options = parse_options_header(value)
     return mime.decode("latin-1").strip(), options
 
@@ -255,24 +273,22 @@ def _build(
 
 
 class _Multipart:
-    """python-multipart callbacks that collect one edit request's parts under the limits.
+    """The parser's callbacks that collect one edit request's parts under the limits.
 
-    One instance per request. Per part: headers are accumulated until `on_headers_finished`,
-    which classifies the part (scalar field, image, mask) and refuses unknown, duplicate or
-    excess parts before any of their data is kept; `on_part_data` enforces the part's byte
-    cap, sniffs an image file's first bytes, and keeps zero-copy slices -- or appends to a spool
-    file once the part is large (`spill_at`); `on_part_end` joins the slices once (or finishes
-    the spool file) and files the value.
+    One instance per request. Per part: `on_part` gets the part's Content-Disposition once its
+    headers are complete, classifies the part (scalar field, image, mask) and refuses unknown,
+    duplicate or excess parts before any of their data is kept; `on_part_data` enforces the
+    part's byte cap and keeps zero-copy slices -- or, once the part is large (`spill_at`),
+    sniffs an image file's first bytes and writes memoryviews of the received chunks straight
+    to a spool file (no slice copy, no join); `on_part_end` joins the in-memory slices once
+    (or finishes the spool file) and files the value.
     """
 
     __slots__ = (
         "cap",
         "chunk",
-        "disposition",
         "ended",
         "head",
-        "header_name",
-        "header_value",
         "image_count",
         "indexed",
         "is_file",
@@ -322,12 +338,7 @@ class _Multipart:
         self.ended = False
         self.chunk = b""
         self.view = memoryview(b"")
-        self._reset_part()
-
-    def _reset_part(self) -> None:
-        self.header_name = bytearray()
-        self.header_value = bytearray()
-        self.disposition: bytes | None = None
+        # The state of one part, as `on_part_end` leaves it for the next.
         self.name = ""
         self.param = ""
         self.is_file = False
@@ -342,11 +353,7 @@ class _Multipart:
 
     def callbacks(self) -> Callbacks:
         return {
-            "on_part_begin": self._reset_part,
-            "on_header_field": self.on_header_field,
-            "on_header_value": self.on_header_value,
-            "on_header_end": self.on_header_end,
-            "on_headers_finished": self.on_headers_finished,
+            "on_part": self.on_part,
             "on_part_data": self.on_part_data,
             "on_part_end": self.on_part_end,
             "on_end": self.on_end,
@@ -354,22 +361,17 @@ class _Multipart:
 
     # headers ----------------------------------------------------------------------------
 
-    def on_header_field(self, data: bytes, start: int, end: int) -> None:
-        self.header_name += data[start:end]
+    def on_part(self, disposition: bytes | None) -> None:
+        """A part's headers are complete: classify it from its Content-Disposition.
 
-    def on_header_value(self, data: bytes, start: int, end: int) -> None:
-        self.header_value += data[start:end]
-
-    def on_header_end(self) -> None:
-        if self.header_name.strip().lower() == b"content-disposition":
-            self.disposition = bytes(self.header_value)
-        self.header_name = bytearray()
-        self.header_value = bytearray()
-
-    def on_headers_finished(self) -> None:
-        if self.disposition is None:
+        `on_part_end` of the part before left `pieces` empty and `writer`/`head` None; every
+        branch below sets `name`, `param`, `kind` and `cap`; the rest is reset here."""
+        self.size = 0
+        self.slot = -1
+        self.spill_at = _NEVER
+        if disposition is None:
             raise bad_request("malformed multipart body: a part has no Content-Disposition")
-        _, options = parse_options_header(self.disposition)
+        options = form_data_options(disposition)
         raw_name = options.get(b"name")
         if not raw_name:
             raise bad_request("malformed multipart body: a part has no name")
@@ -431,7 +433,11 @@ class _Multipart:
             raise self._over_cap()
         self.size = size
         if size > self.spill_at:
-            self._spool_data(data, start, end)
+            writer = self.writer
+            if writer is not None and self.head is None:  # spooling and sniffed: append
+                writer.write(self.view[start:end] if data is self.chunk else data[start:end])
+            else:
+                self._spool_data(data, start, end)
         elif data is self.chunk:
             if start == 0 and end == len(data):
                 self.pieces.append(data)  # a join of one bytes object returns it: no copy

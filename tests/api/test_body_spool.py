@@ -23,7 +23,7 @@ from app.core.errors import GatewayError
 from app.domain.blob import SpooledBlob, blob_bytes
 from app.domain.edit import EditRequest
 from app.media.sniff import probe
-from app.media.spool import Spool
+from app.media.spool import Spool, SpoolWriter
 from tests.api.test_body import MULTIPART, manual
 from tests.support.images import png
 
@@ -206,3 +206,46 @@ async def test_spooling_never_changes_the_request(
         )
         assert spool.open_files == expect_files
     assert list(tmp_path.iterdir()) == []
+
+
+# ---------------------------------------------------------------- no copies on the way to disk
+
+
+@pytest.mark.parametrize("declared", [True, False])
+async def test_spooled_bytes_are_written_from_the_received_chunks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, declared: bool
+) -> None:
+    """A spooled part's bytes go to the file as memoryviews of the chunks the route received
+    (no slice copy, no join); only the parser's own look-behind (a possible delimiter start
+    carried over a chunk edge, shorter than the delimiter) arrives as a small bytes object."""
+    big = PNG_HEAD + os.urandom(300_000) + b"\r\n--" * 2000
+    body = body_with(("image", big))
+    chunks = [body[i : i + 65536] for i in range(0, len(body), 65536)]
+    written: list[bytes | bytearray | memoryview] = []
+    real_write = SpoolWriter.write
+
+    def spy(self: SpoolWriter, data: bytes | bytearray | memoryview) -> None:
+        written.append(data)
+        real_write(self, data)
+
+    monkeypatch.setattr(SpoolWriter, "write", spy)
+
+    async def stream() -> AsyncIterator[bytes]:
+        for c in chunks:
+            yield c
+
+    with Spool(tmp_path) as spool:
+        req = await parse_edit_body(
+            MULTIPART,
+            stream(),
+            LimitsConfig(spool_threshold_bytes=100_000),
+            default_model="gpt-image-1",
+            spool=spool,
+            declared=len(body) if declared else None,
+        )
+        data = req.image_refs[0].data
+        assert isinstance(data, SpooledBlob) and data.read_all() == big
+    views = [w for w in written if type(w) is memoryview]
+    assert all(any(v.obj is c for c in chunks) for v in views)
+    assert all(len(w) < 100 for w in written if type(w) is not memoryview)
+    assert sum(len(v) for v in views) > len(big) - 1000
