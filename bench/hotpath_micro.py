@@ -10,12 +10,19 @@ edit under callgrind, CPU per edit) is `python -m bench.profile_edit --other <ol
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import io
 import logging
+import os
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
+from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import uvloop
@@ -183,6 +190,78 @@ def _apps() -> tuple[Any, Any]:
     return old, new
 
 
+# --- the multipart edit body: parse_edit_body before vs after the on_part collector ------------
+# The old parser and collector are read from git (the commit before the change), so both run
+# in this process on the same bodies; the 8 MB body spools (declared length over 1 MiB).
+MULTIPART_BASE = "59b813f"
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _old_body(commit: str) -> ModuleType:
+    """app/api/body.py and app/api/multipart.py of `commit`, imported as private modules."""
+    tmp = Path(tempfile.mkdtemp(prefix="imagegate-oldbody-"))
+
+    def show(path: str) -> str:
+        return subprocess.run(
+            ["git", "-C", str(REPO), "show", f"{commit}:{path}"],
+            capture_output=True, text=True, check=True,
+        ).stdout  # fmt: skip
+
+    (tmp / "old_multipart.py").write_text(show("app/api/multipart.py"))
+    body = show("app/api/body.py").replace(
+        "from app.api.multipart import", "from old_multipart import"
+    )
+    (tmp / "old_body.py").write_text(body)
+    sys.path.insert(0, str(tmp))
+    spec = importlib.util.spec_from_file_location("old_body", tmp / "old_body.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _edit_body(image_bytes: int) -> tuple[str, bytes]:
+    """What openai-python (httpx) sends for `images.edit(model, image, prompt, n, size)`."""
+    from app.media.sniff import HEAD_BYTES
+
+    boundary = os.urandom(16).hex().encode()
+    # a PNG signature and IHDR of 1024x1024 RGBA, then noise: sniffs as a PNG, no CR pattern
+    head = bytes.fromhex("89504e470d0a1a0a0000000d49484452000004000000040008060000007f1df8")
+    head += b"\x00" * (HEAD_BYTES - len(head))
+    out = b""
+    for name, value in (("model", b"gpt-image-1"), ("prompt", b"A sea otter in a beret"),
+                        ("n", b"1"), ("size", b"1024x1024")):  # fmt: skip
+        out += b"--" + boundary + b'\r\nContent-Disposition: form-data; name="'
+        out += name.encode() + b'"\r\n\r\n' + value + b"\r\n"
+    out += b"--" + boundary + b'\r\nContent-Disposition: form-data; name="image"; '
+    out += b'filename="otter.png"\r\nContent-Type: image/png\r\n\r\n'
+    out += head + os.urandom(image_bytes - len(head)) + b"\r\n--" + boundary + b"--\r\n"
+    return "multipart/form-data; boundary=" + boundary.decode(), out
+
+
+def _parses(module: ModuleType, content_type: str, body: bytes) -> Callable[[int], None]:
+    from app.core.config import LimitsConfig
+    from app.media.spool import Spool
+
+    limits = LimitsConfig()
+    chunks = [body[i : i + 65536] for i in range(0, len(body), 65536)]  # as uvicorn hands them
+    spool_dir = tempfile.mkdtemp(prefix="imagegate-micro-spool-")
+
+    async def stream() -> AsyncIterator[bytes]:
+        for chunk in chunks:
+            yield chunk
+
+    async def many(n: int) -> None:
+        for _ in range(n):
+            with Spool(spool_dir) as spool:
+                await module.parse_edit_body(
+                    content_type, stream(), limits, default_model=None, spool=spool,
+                    declared=len(body),
+                )  # fmt: skip
+
+    return lambda n: uvloop.run(many(n))
+
+
 def main() -> None:
     pair("utc_day (admit and settle each call it)", utc_day_old, utc_day_new, 20_000)
     pair("access log line (JSON, one per request)", log_old, log_new, 20_000)
@@ -194,6 +273,17 @@ def main() -> None:
         lambda n: _drive(new, n),
         5_000,
     )
+    import app.api.body as new_body
+
+    old_body = _old_body(MULTIPART_BASE)
+    for label, size, n in (("100 KB", 100_000, 2_000), ("8 MB", 8_000_000, 20)):
+        content_type, body = _edit_body(size)
+        pair(
+            f"parse_edit_body, SDK-shaped {label} edit",
+            _parses(old_body, content_type, body),
+            _parses(new_body, content_type, body),
+            n,
+        )
 
 
 if __name__ == "__main__":
