@@ -11,7 +11,8 @@ It drives the same callbacks as python-multipart's `MultipartParser` (`on_part_b
 `on_part_end`, `on_end`), so it can be checked against python-multipart as an oracle. A
 form-data consumer that needs only each part's Content-Disposition passes `on_part` instead of
 the header callbacks: one call per part with that header's value, the header lines checked
-the same way (the edit collector in `app/api/body.py` does; five Python calls fewer per part).
+the same way, instead of three calls per header line and two more (the edit collector in
+`app/api/body.py` does; bench/results/2026-11-29-multipart.md).
 Malformed input raises `MultipartError`.
 """
 
