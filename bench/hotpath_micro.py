@@ -10,10 +10,12 @@ edit under callgrind, CPU per edit) is `python -m bench.profile_edit --other <ol
 from __future__ import annotations
 
 import asyncio
+import atexit
 import importlib.util
 import io
 import logging
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -200,6 +202,7 @@ REPO = Path(__file__).resolve().parent.parent
 def _old_body(commit: str) -> ModuleType:
     """app/api/body.py and app/api/multipart.py of `commit`, imported as private modules."""
     tmp = Path(tempfile.mkdtemp(prefix="imagegate-oldbody-"))
+    atexit.register(shutil.rmtree, tmp, True)
 
     def show(path: str) -> str:
         return subprocess.run(
@@ -246,6 +249,7 @@ def _parses(module: ModuleType, content_type: str, body: bytes) -> Callable[[int
     limits = LimitsConfig()
     chunks = [body[i : i + 65536] for i in range(0, len(body), 65536)]  # as uvicorn hands them
     spool_dir = tempfile.mkdtemp(prefix="imagegate-micro-spool-")
+    atexit.register(shutil.rmtree, spool_dir, True)
 
     async def stream() -> AsyncIterator[bytes]:
         for chunk in chunks:
