@@ -25,7 +25,8 @@ Key layout (prefix `ig:`, T = the shard's tag):
 A worker that finds every shard empty waits up to `block_s` before looking again, or less: an
 `enqueue` through the same queue object wakes one of that process's waiting workers at once
 (workers of other processes notice within half a second: the idle workers of a process take
-turns looking, so many idle workers cost about as much as one). Lapsed leases are looked for at most
+turns, one look over the shards at a time and one every half second, so many idle workers cost
+as much as one). Lapsed leases are looked for at most
 every quarter lease (and at most every second) per shard, so idle workers stay cheap.
 
 Leases are the consumer group's own bookkeeping: a claimed entry sits in the group's pending
@@ -165,6 +166,7 @@ class RedisTaskQueue(RedisDeliveries, RedisIdempotency):
         self._autoclaim_at = [0.0] * shards
         self._enqueued = 0
         self._empty_at = 0.0  # when a look over all shards last found nothing (monotonic)
+        self._looking = 0  # idle looks in progress: an idle worker never starts a second one
         self._enqueue = client.register_script(_ENQUEUE)
         self._start = client.register_script(_START)
         self._heartbeat = client.register_script(_HEARTBEAT)
@@ -313,8 +315,13 @@ class RedisTaskQueue(RedisDeliveries, RedisIdempotency):
         while True:
             seen = self._enqueued
             found = None
-            if woken or time.monotonic() - self._empty_at >= _IDLE_SCAN_S:
-                found = await self._find(worker_id, lease_ms)
+            due = not self._looking and time.monotonic() - self._empty_at >= _IDLE_SCAN_S
+            if woken or due:
+                self._looking += 1
+                try:
+                    found = await self._find(worker_id, lease_ms)
+                finally:
+                    self._looking -= 1
                 if found is None:
                     self._empty_at = time.monotonic()
             woken = False
@@ -329,7 +336,9 @@ class RedisTaskQueue(RedisDeliveries, RedisIdempotency):
                 waiter = asyncio.get_running_loop().create_future()
                 self._idle.append(waiter)
                 try:
-                    await asyncio.wait_for(waiter, min(remaining, _IDLE_SCAN_S))
+                    # until the next look is due (whoever of this process's workers takes it)
+                    next_look = self._empty_at + _IDLE_SCAN_S - time.monotonic()
+                    await asyncio.wait_for(waiter, min(remaining, max(next_look, 0.05)))
                     woken = True
                 except TimeoutError:
                     with contextlib.suppress(ValueError):

@@ -6,6 +6,7 @@ import asyncio
 import time
 
 import pytest
+from redis.asyncio import RedisCluster
 
 from app.tasks.base import Task, TaskQueue
 from app.tasks.redis_queue import RedisTaskQueue
@@ -335,3 +336,24 @@ async def test_enqueue_wakes_a_waiting_claim(queue: TaskQueue) -> None:
     claimed = await asyncio.wait_for(waiting, 5)
     assert claimed is not None and claimed.task.id == task.id
     assert time.monotonic() - started < 2
+
+
+async def test_idle_workers_of_a_process_look_one_at_a_time(queue: TaskQueue) -> None:
+    """Four idle workers on one queue object cost Redis what one does: one look over the shards
+    every half second (XREADGROUP per shard), never two at once."""
+    if not isinstance(queue, RedisTaskQueue) or isinstance(queue.r, RedisCluster):
+        pytest.skip("counts one Redis server's commands")
+    await queue.claim("warm", lease_s=30, now=time.time())  # groups exist; the first look done
+
+    async def xreadgroups() -> int:
+        stats = await queue.r.info("commandstats")
+        return int(stats.get("cmdstat_xreadgroup", {}).get("calls", 0))
+
+    before = await xreadgroups()
+    started = time.monotonic()
+    claims = [queue.claim(f"w{i}", lease_s=30, now=time.time(), block_s=2.0) for i in range(4)]
+    assert await asyncio.gather(*claims) == [None] * 4
+    looks = (await xreadgroups() - before) / queue.shards
+    elapsed = time.monotonic() - started
+    # one look when they start waiting, then one per half second: about 5 in 2 s
+    assert looks <= elapsed / 0.5 + 2, looks
