@@ -85,23 +85,23 @@ def _log_lines(n: int) -> None:
 
 
 def log_old(n: int) -> None:
-    saved = (logging._srcfile, logging.logThreads, logging.logMultiprocessing)  # type: ignore[attr-defined]
-    logging._srcfile = saved[0] or logging.__file__  # type: ignore[attr-defined]
+    saved = (logging._srcfile, logging.logThreads, logging.logMultiprocessing)
+    logging._srcfile = saved[0] or logging.__file__
     logging.logThreads = logging.logMultiprocessing = True
     try:
         _log_lines(n)
     finally:
-        logging._srcfile, logging.logThreads, logging.logMultiprocessing = saved  # type: ignore[attr-defined]
+        logging._srcfile, logging.logThreads, logging.logMultiprocessing = saved
 
 
 def log_new(n: int) -> None:
-    saved = (logging._srcfile, logging.logThreads, logging.logMultiprocessing)  # type: ignore[attr-defined]
-    logging._srcfile = None  # type: ignore[attr-defined]
+    saved = (logging._srcfile, logging.logThreads, logging.logMultiprocessing)
+    logging._srcfile = None
     logging.logThreads = logging.logMultiprocessing = False
     try:
         _log_lines(n)
     finally:
-        logging._srcfile, logging.logThreads, logging.logMultiprocessing = saved  # type: ignore[attr-defined]
+        logging._srcfile, logging.logThreads, logging.logMultiprocessing = saved
 
 
 # --- waiting for a reply with a timeout -------------------------------------------------------

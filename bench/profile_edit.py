@@ -245,7 +245,7 @@ def ab(args: argparse.Namespace) -> int:
         other = Path(args.other).resolve()
         sides = {"A": (gwmod.REPO, r.gw.env), "B": (other, r.gw.env | {"PYTHONPATH": str(other)})}
         if r.gw.managed is not None:
-            r.sup.stop(r.gw.managed)  # type: ignore[arg-type]
+            r.sup.stop(r.gw.managed)
         gws = {}
         for name, (tree, env) in sides.items():
             gw = gwmod.Gateway(free_port(), env, r.gw.config, workers=1, token=r.gw.token)
