@@ -66,6 +66,7 @@ from bench.procs import (
     port_open,
     wait_until,
 )
+from bench.report import cpu_model
 
 REPO = Path(__file__).resolve().parent.parent
 WORK = Path(__file__).resolve().parent / ".work"
@@ -561,16 +562,6 @@ def versions() -> str:
         except OSError:
             continue
     return f"Python {platform.python_version()}; {pkgs}; " + "; ".join(tools)
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "?"
 
 
 def report(

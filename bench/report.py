@@ -179,7 +179,7 @@ def commit_id(repo: Path) -> str:
     return short + ("-dirty" if dirty else "")
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
@@ -214,7 +214,7 @@ def machine_facts(repo: Path, tools: dict[str, str]) -> dict[str, str]:
         "date": now.strftime("%Y-%m-%d %H:%M UTC"),
         "commit": commit_id(repo),
         "machine": (
-            f"nproc {len(os.sched_getaffinity(0))}, {_cpu_model()}, {_mem_total()} RAM, "
+            f"nproc {len(os.sched_getaffinity(0))}, {cpu_model()}, {_mem_total()} RAM, "
             f"Linux {platform.release()}, load average at start {load}"
         ),
         "software": (
