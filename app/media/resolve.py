@@ -25,7 +25,7 @@ from app.domain.blob import Blob, SpooledBlob
 from app.domain.edit import EditRequest, Image, ImageRef
 from app.media.fetch import GuardedFetcher, decode_data_url
 from app.media.sniff import map_blob, probe, probe_mapped
-from app.media.spool import current_spool
+from app.media.spool import Spool
 
 # What stays of a decoded data URL in `ImageRef.url`: its header, bounded (for logs and task
 # records), never the payload.
@@ -36,7 +36,9 @@ _DATA_URL_KEEP = 64
 _THREAD_PROBE_BYTES = 1024 * 1024
 
 
-async def resolve_images(req: EditRequest, fetcher: GuardedFetcher, limits: LimitsConfig) -> None:
+async def resolve_images(
+    req: EditRequest, fetcher: GuardedFetcher, limits: LimitsConfig, spool: Spool | None = None
+) -> None:
     """Fill `req.images` (in the order of `req.image_refs`) and `req.mask`.
 
     Nothing here judges the images: the count was capped while parsing the body and the
@@ -45,16 +47,18 @@ async def resolve_images(req: EditRequest, fetcher: GuardedFetcher, limits: Limi
     refs = list(req.image_refs)
     if req.mask_ref is not None:
         refs.append(req.mask_ref)
-    images = await _gather_in_order([resolve_ref(ref, fetcher, limits) for ref in refs])
+    images = await _gather_in_order([resolve_ref(ref, fetcher, limits, spool) for ref in refs])
     if req.mask_ref is not None:
         req.mask = images.pop()
     req.images = images
 
 
-async def resolve_ref(ref: ImageRef, fetcher: GuardedFetcher, limits: LimitsConfig) -> Image:
-    """One reference → one sniffed image (uploaded bytes, `data:` URL or http(s) URL)."""
+async def resolve_ref(
+    ref: ImageRef, fetcher: GuardedFetcher, limits: LimitsConfig, spool: Spool | None = None
+) -> Image:
+    """One reference → one sniffed image (uploaded bytes, `data:` URL or http(s) URL); large
+    fetched or decoded bytes go to `spool` when there is one."""
     param = ref.param
-    spool = current_spool.get()
     data: Blob
     if ref.data is not None:
         data = ref.data

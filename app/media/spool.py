@@ -24,7 +24,6 @@ import contextlib
 import errno
 import os
 import tempfile
-from contextvars import ContextVar
 from pathlib import Path
 from typing import Final
 
@@ -38,7 +37,6 @@ __all__ = [
     "Sink",
     "Spool",
     "SpoolWriter",
-    "current_spool",
     "prepare",
     "spool_dir",
     "sweep",
@@ -48,10 +46,6 @@ log = get_logger("imagegate.spool")
 
 NAMED_PREFIX: Final = "imagegate-spool-"
 _TMPFILE_REFUSED: Final = frozenset({errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL})
-
-# The spool of the request being served (set by the edit route, read by the media layer): a
-# request-scoped resource every stage between the route and the response may need.
-current_spool: ContextVar[Spool | None] = ContextVar("imagegate_spool", default=None)
 
 # Directories whose filesystem refused O_TMPFILE once: do not ask again for every file.
 _no_tmpfile: set[str] = set()

@@ -10,6 +10,7 @@ from typing import Any
 from app.adapters.base import Adapter
 from app.domain.edit import EditRequest
 from app.domain.pricing import Quote
+from app.media.spool import Spool
 
 
 @dataclass(slots=True)
@@ -19,6 +20,9 @@ class EditContext:
     trace_id: str
     base_url: str  # where result URLs point (IMAGEGATE_PUBLIC_BASE_URL or the request's own)
     started: float = field(default_factory=time.perf_counter)
+    # Where this request's large image bytes go (app/media/spool.py); the route owns and
+    # closes it after the response. None: everything stays in memory (queued tasks' runs).
+    spool: Spool | None = None
 
 
 @dataclass(slots=True)

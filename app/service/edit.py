@@ -26,6 +26,7 @@ from app.domain.metering import Hold, Keep, Meter
 from app.domain.pricing import Quote, quote
 from app.media.fetch import GuardedFetcher
 from app.media.resolve import resolve_images
+from app.media.spool import Spool
 from app.results import Results
 from app.service import idempotency, streaming
 from app.service.context import EditContext, EditReply, Prepared
@@ -79,14 +80,14 @@ class EditService:
             )
         return adapter
 
-    async def prepare(self, key: ApiKey, req: EditRequest) -> Prepared:
+    async def prepare(self, key: ApiKey, req: EditRequest, spool: Spool | None = None) -> Prepared:
         adapter = self.adapter_for(req.model)
         self.meter.check_model(key, req.model)
         req = adapter.check_fields(req)  # model rules, before any image is fetched
         if req.callback_url is not None:
             await self.fetcher.check_url(req.callback_url, param="callback_url")
         if req.operation == "edit":  # a generation has no image inputs
-            await resolve_images(req, self.fetcher, self.config.limits)
+            await resolve_images(req, self.fetcher, self.config.limits, spool)
             adapter.check_images(req)
         images = (req.n or 1) if adapter.native_n else 1
         price = quote(self.config.models[req.model], req.size, images)
@@ -111,7 +112,7 @@ class EditService:
         self, key: ApiKey, req: EditRequest, ctx: EditContext, idempotency_key: str | None = None
     ) -> EditReply:
         try:
-            prep = await self.prepare(key, req)
+            prep = await self.prepare(key, req, ctx.spool)
         except GatewayError as err:  # refused before any credit moved: still counted
             self.meter.count(req.model, err.code)
             raise

@@ -179,12 +179,26 @@ def test_success_through_the_sdk_leaves_no_descriptor(settled: Gw) -> None:
 def test_a_json_data_url_is_spooled_and_sent_whole(settled: Gw) -> None:
     gw = settled
     url = "data:image/png;base64," + base64.b64encode(UPLOAD).decode()
-    r = httpx.post(
-        gw.url + "/v1/images/edits",
-        headers={"authorization": f"Bearer {gw.key['key']}"},
-        json={"model": "gpt-image-1", "prompt": "json", "images": [{"image_url": url}]},
-        timeout=30,
+    gw.latency(1.5)  # held upstream: the decoded image must wait in a spool file, not in memory
+    answer: list[httpx.Response] = []
+    sender = threading.Thread(
+        target=lambda: answer.append(
+            httpx.post(
+                gw.url + "/v1/images/edits",
+                headers={"authorization": f"Bearer {gw.key['key']}"},
+                json={"model": "gpt-image-1", "prompt": "json", "images": [{"image_url": url}]},
+                timeout=30,
+            )
+        )
     )
+    sender.start()
+    deadline = time.monotonic() + 10
+    while gw.spool_fds() == 0 and time.monotonic() < deadline and sender.is_alive():
+        time.sleep(0.02)
+    spooled = gw.spool_fds()
+    sender.join(30)
+    assert spooled == 1
+    r = answer[0]
     assert r.status_code == 200, r.text
     sent = httpx.get(gw.sim.url + "/_sim/requests", timeout=5).json()[-1]
     assert sent["files"][0]["sha256"] == hashlib.sha256(UPLOAD).hexdigest()

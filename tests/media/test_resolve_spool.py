@@ -20,7 +20,7 @@ from app.domain.blob import SpooledBlob
 from app.domain.edit import EditRequest, ImageRef
 from app.media import GuardedFetcher, resolve_images
 from app.media.fetch import decode_data_url
-from app.media.spool import Spool, current_spool
+from app.media.spool import Spool
 from app.tasks.payload import request_fingerprint
 from tests.support.images import png
 from tests.support.net import ThreadedServer, serve
@@ -53,9 +53,7 @@ def server() -> Iterator[ThreadedServer]:
 @pytest.fixture
 def spool(tmp_path: Path) -> Iterator[Spool]:
     with Spool(tmp_path) as s:
-        token = current_spool.set(s)
         yield s
-        current_spool.reset(token)
 
 
 def _data_url(data: bytes) -> str:
@@ -78,7 +76,7 @@ async def test_a_large_fetched_image_is_spooled(
 ) -> None:
     mapped = _mapped_by_us()
     req = _request(ImageRef("image", url=server.url + path))
-    await resolve_images(req, fetcher, LIMITS)
+    await resolve_images(req, fetcher, LIMITS, spool)
     (image,) = req.images
     assert isinstance(image.data, SpooledBlob) and image.data.read_all() == BIG
     assert (image.width, image.height, image.mime) == (900, 700, "image/png")
@@ -105,7 +103,7 @@ async def test_a_large_data_url_is_decoded_into_the_spool_and_dropped(
     url = _data_url(BIG)
     req = _request(ImageRef("image", url=url))
     fingerprint_before = request_fingerprint(_request(ImageRef("image", data=BIG)))
-    await resolve_images(req, fetcher, LIMITS)
+    await resolve_images(req, fetcher, LIMITS, spool)
     ref = req.image_refs[0]
     assert isinstance(ref.data, SpooledBlob) and ref.data.read_all() == BIG
     assert ref.url == "data:image/png;base64,..."  # the header only, not the payload
@@ -113,7 +111,7 @@ async def test_a_large_data_url_is_decoded_into_the_spool_and_dropped(
     # The fingerprint hashes the image bytes, as for an upload: the same request, the same one.
     assert request_fingerprint(req) == fingerprint_before
     again = _request(ImageRef("image", url=url))
-    await resolve_images(again, fetcher, LIMITS)
+    await resolve_images(again, fetcher, LIMITS, spool)
     assert request_fingerprint(again) == request_fingerprint(req)
 
 
@@ -144,7 +142,7 @@ async def test_a_corrupt_spooled_png_is_a_400_and_unmapped(
     broken = BIG[:-20] + bytes(20)  # the IEND chunk is gone
     req = _request(ImageRef("image", url=_data_url(broken)))
     with pytest.raises(GatewayError) as err:
-        await resolve_images(req, fetcher, LIMITS)
+        await resolve_images(req, fetcher, LIMITS, spool)
     assert err.value.message == "image: truncated or corrupt PNG"
     assert _mapped_by_us() == mapped
 

@@ -18,7 +18,7 @@ from app.api.deps import base_url, gateway
 from app.api.responses import JSONResponse, error_response, trace_id_of
 from app.core.errors import GatewayError, too_large
 from app.gateway import Gateway
-from app.media.spool import Spool, current_spool
+from app.media.spool import Spool
 from app.service import EditContext
 
 router = APIRouter(tags=["images"])
@@ -99,7 +99,7 @@ async def _handle(request: Request, operation: str, gw: Gateway, spool: Spool) -
     )
     if declared is not None and declared >= gw.config.limits.spool_threshold_bytes:
         gw.heap.soon()  # the upload's socket buffers are free now: trim the heap shortly
-    ctx = EditContext(trace_id=trace_id_of(request), base_url=base_url(request, gw))
+    ctx = EditContext(trace_id=trace_id_of(request), base_url=base_url(request, gw), spool=spool)
     reply = await gw.service.edit(key, req, ctx, request.headers.get("idempotency-key"))
     if reply.raw is not None:
         if reply.trace_id:  # x-request-id must equal the body's trace_id
@@ -124,7 +124,6 @@ def _asgi(operation: str) -> Callable[[Scope, Receive, Send], Awaitable[None]]:
         request = Request(scope, receive)
         gw = gateway(request)
         spool = Spool(gw.spool_dir, anonymous=gw.config.limits.spool_anonymous)
-        token = current_spool.set(spool)
         try:
             try:
                 response = await _handle(request, operation, gw, spool)
@@ -132,7 +131,6 @@ def _asgi(operation: str) -> Callable[[Scope, Receive, Send], Awaitable[None]]:
                 response = error_response(request, exc)
             await response(scope, receive, send)
         finally:
-            current_spool.reset(token)
             spool.close()
 
     return app
