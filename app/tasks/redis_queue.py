@@ -46,6 +46,7 @@ import zlib
 from typing import Any
 
 import orjson
+from redis.asyncio import RedisCluster
 from redis.crc import key_slot
 from redis.exceptions import RedisError, ResponseError
 
@@ -151,6 +152,7 @@ class RedisTaskQueue(RedisDeliveries, RedisIdempotency):
         if shards < 1:
             raise ValueError("shards must be >= 1")
         self.r = client
+        self._cluster = isinstance(client, RedisCluster)
         self.prefix = prefix
         self.task_ttl_s = task_ttl_s
         self.shards = shards
@@ -263,9 +265,19 @@ class RedisTaskQueue(RedisDeliveries, RedisIdempotency):
     async def _read_new(
         self, shard: int, worker_id: str, block_ms: int | None
     ) -> tuple[str, str] | None:
-        resp: Any = await self.r.xreadgroup(
-            GROUP, worker_id, {self.streams[shard]: ">"}, count=1, block=block_ms
-        )
+        stream = self.streams[shard]
+        if self._cluster:
+            # Sent straight to the stream's node: XREADGROUP's keys are "movable", and for such
+            # a command the cluster client would first ask a node COMMAND GETKEYS (measured:
+            # two extra round trips per read) and fail when that answer is an error.
+            block = ["BLOCK", block_ms] if block_ms is not None else []
+            resp: Any = await self.r.execute_command(
+                "XREADGROUP", "GROUP", GROUP, worker_id, "COUNT", 1, *block,
+                "STREAMS", stream, ">",
+                target_nodes=self.r.get_node_from_key(stream),
+            )  # fmt: skip
+        else:
+            resp = await self.r.xreadgroup(GROUP, worker_id, {stream: ">"}, count=1, block=block_ms)
         streams = list(resp.values()) if isinstance(resp, dict) else [s[1] for s in resp or []]
         for entries in streams:
             for entry in entries:

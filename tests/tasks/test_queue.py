@@ -357,3 +357,24 @@ async def test_idle_workers_of_a_process_look_one_at_a_time(queue: TaskQueue) ->
     elapsed = time.monotonic() - started
     # one look when they start waiting, then one per half second: about 5 in 2 s
     assert looks <= elapsed / 0.5 + 2, looks
+
+
+async def test_cluster_reads_go_straight_to_the_streams_node(queue: TaskQueue) -> None:
+    """On a Cluster, a claim's XREADGROUP goes to its stream's node: no COMMAND GETKEYS first
+    (the client asks one for every command with movable keys: two per read, measured)."""
+    if not isinstance(queue, RedisTaskQueue) or not isinstance(queue.r, RedisCluster):
+        pytest.skip("a Cluster's commands")
+
+    async def getkeys() -> int:
+        stats = await queue.r.info("commandstats", target_nodes=RedisCluster.ALL_NODES)
+        per_node = stats.values() if isinstance(next(iter(stats.values())), dict) else [stats]
+        return sum(int(s.get("cmdstat_command|getkeys", {}).get("calls", 0)) for s in per_node)
+
+    before = await getkeys()
+    for _ in range(3):
+        assert await queue.claim("w1", lease_s=30, now=time.time()) is None
+    task = new_task()
+    await queue.enqueue(task, b"p")
+    claimed = await queue.claim("w1", lease_s=30, now=time.time())
+    assert claimed is not None and claimed.task.id == task.id
+    assert await getkeys() == before
