@@ -60,12 +60,7 @@ def collect(parser_cls: type, data: bytes, sizes: list[int]) -> list[tuple[bytes
     callbacks = {"on_part_begin": begin, "on_header_field": hfield, "on_header_value": hvalue,
                  "on_header_end": hend, "on_part_data": pdata, "on_part_end": pend}  # fmt: skip
     parser = parser_cls(BOUNDARY, callbacks)
-    pos = 0
-    for size in sizes:
-        parser.write(data[pos : pos + size])
-        pos += size
-    if pos < len(data):
-        parser.write(data[pos:])
+    _feed(parser, data, sizes)
     return parts
 
 
@@ -138,6 +133,16 @@ def test_options_header() -> None:
 # ------------------------------------------------ the form-data mode (`on_part`) and fast paths
 
 
+def _feed(parser: Any, data: bytes, sizes: list[int]) -> None:
+    """`data` to `parser` in chunks of `sizes`, then the rest in one."""
+    pos = 0
+    for size in sizes:
+        parser.write(data[pos : pos + size])
+        pos += size
+    if pos < len(data):
+        parser.write(data[pos:])
+
+
 def collect_lean(data: bytes, sizes: list[int]) -> list[tuple[bytes | None, bytes]]:
     """(Content-Disposition, data) per part, through `on_part` instead of header callbacks."""
     parts: list[tuple[bytes | None, bytes]] = []
@@ -155,12 +160,7 @@ def collect_lean(data: bytes, sizes: list[int]) -> list[tuple[bytes | None, byte
     parser = FastMultipartParser(
         BOUNDARY, {"on_part": on_part, "on_part_data": pdata, "on_part_end": pend}
     )
-    pos = 0
-    for size in sizes:
-        parser.write(data[pos : pos + size])
-        pos += size
-    if pos < len(data):
-        parser.write(data[pos:])
+    _feed(parser, data, sizes)
     return parts
 
 
