@@ -19,7 +19,7 @@ Malformed input raises `MultipartError`.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Final
 
 MAX_HEADER_BYTES: Final = 16 * 1024  # one part's header block
@@ -78,19 +78,24 @@ def form_data_options(value: bytes) -> dict[bytes, bytes]:
     return parse_options_header(value)[1]
 
 
-def _disposition(block: bytes) -> bytes | None:
-    """A part's Content-Disposition value from its header block (the last one if repeated).
-
-    Every line must be `name: value` (a colon after a non-empty name), as `_headers` checks for
-    the python-multipart callbacks; the value is what those would pass, without leading blanks.
-    """
-    found: bytes | None = None
+def _header_lines(block: bytes) -> Iterator[tuple[bytes, int]]:
+    """A part's header lines with the position of their colon. The one rule for a header
+    block, in both parser modes: every non-empty line is `name: value` (a colon after a
+    non-empty name)."""
     for line in block.split(b"\r\n"):
         if not line:
             continue
         colon = line.find(b":")
         if colon <= 0:
             raise MultipartError("malformed multipart part header")
+        yield line, colon
+
+
+def _disposition(block: bytes) -> bytes | None:
+    """A part's Content-Disposition value from its header block (the last one if repeated);
+    the value is what the python-multipart callbacks would pass, without leading blanks."""
+    found: bytes | None = None
+    for line, colon in _header_lines(block):
         # The exact spelling first; else any case and surrounding whitespace, as before.
         if (colon == 19 and line.startswith(b"Content-Disposition")) or (
             colon >= 19 and line[:colon].strip().lower() == b"content-disposition"
@@ -227,12 +232,7 @@ class FastMultipartParser:
         return len(chunk)
 
     def _headers(self, block: bytes) -> None:
-        for line in block.split(b"\r\n"):
-            if not line:
-                continue
-            colon = line.find(b":")
-            if colon <= 0:
-                raise MultipartError("malformed multipart part header")
+        for line, colon in _header_lines(block):
             self._on_header_field(line, 0, colon)
             start = colon + 1
             while start < len(line) and line[start] in (32, 9):

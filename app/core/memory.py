@@ -28,6 +28,7 @@ import asyncio
 import ctypes
 import ctypes.util
 import resource
+from typing import Any
 
 M_TRIM_THRESHOLD = -1
 M_MMAP_THRESHOLD = -3
@@ -37,23 +38,21 @@ MMAP_THRESHOLD = 64 * 1024 * 1024  # above the largest image (50 MB): served fro
 TRIM_THRESHOLD = 64 * 1024 * 1024  # keep up to this much freed memory for reuse
 
 
-def _libc() -> ctypes.CDLL | None:
-    name = ctypes.util.find_library("c")
-    if not name:
+def _libc_function(name: str) -> Any | None:
+    """A function of the C library by name; None where there is none (not glibc, or an older
+    one), and then nothing here changes anything."""
+    path = ctypes.util.find_library("c")
+    if not path:
         return None
     try:
-        return ctypes.CDLL(name)
-    except OSError:
+        return getattr(ctypes.CDLL(path), name)
+    except (OSError, AttributeError):
         return None
 
 
 def tune_malloc() -> bool:
     """Apply the thresholds; False where the C library is not glibc (nothing changes)."""
-    libc = _libc()
-    try:
-        mallopt = libc.mallopt if libc is not None else None
-    except AttributeError:
-        mallopt = None
+    mallopt = _libc_function("mallopt")
     if mallopt is None:
         return False
     return bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(
@@ -77,11 +76,11 @@ def raise_open_files_limit() -> tuple[int, int]:
 class HeapTrimmer:
     """Returns the heap's free memory beyond `keep` bytes to the OS (glibc `malloc_trim`).
 
-        `soon()` is called after a large request body has been read (the moment its socket
-        buffers are freed); it schedules one trim `delay_s` later on the running loop, coalescing
-        every call until then, so a burst of uploads costs at most one trim per `delay_s`. Nothing
-        polls: reading the heap's statistics (`mallinfo2`) walks every free chunk and costs as much
-        as the trim. `available` is False where the C library has no `malloc_trim` (not glibc) or
+    `soon()` is called after a large request body has been read (the moment its socket
+    buffers are freed); it schedules one trim `delay_s` later on the running loop, coalescing
+    every call until then, so a burst of uploads costs at most one trim per `delay_s`. Nothing
+    polls: reading the heap's statistics (`mallinfo2`) walks every free chunk and costs as much
+    as the trim. `available` is False where the C library has no `malloc_trim` (not glibc) or
     when malloc tuning is off (`IMAGEGATE_MALLOC_TUNING=false`).
     """
 
@@ -91,11 +90,7 @@ class HeapTrimmer:
         self.keep = keep
         self.delay_s = delay_s
         self.trims = 0
-        libc = _libc()
-        try:
-            self._malloc_trim = libc.malloc_trim if libc is not None else None
-        except AttributeError:
-            self._malloc_trim = None
+        self._malloc_trim = _libc_function("malloc_trim")
         self.available = enabled and self._malloc_trim is not None
         self._pending: asyncio.TimerHandle | None = None
 

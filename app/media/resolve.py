@@ -16,7 +16,8 @@ hashes the image bytes, as for an upload).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
+from functools import partial
 from typing import Any
 
 from app.core.config import LimitsConfig
@@ -93,16 +94,15 @@ async def resolve_ref(
     else:
         raise bad_request(f"{param}: empty image input", param)
 
+    check: Callable[[], Image]
     if isinstance(data, SpooledBlob):
         mapped = map_blob(data)  # here, not in the thread: the spool may close the descriptor
-        if len(data) > _THREAD_PROBE_BYTES:
-            return await asyncio.to_thread(
-                probe_mapped, data, mapped, param=param, max_pixels=limits.max_image_pixels
-            )
-        return probe_mapped(data, mapped, param=param, max_pixels=limits.max_image_pixels)
+        check = partial(probe_mapped, data, mapped, param=param, max_pixels=limits.max_image_pixels)
+    else:
+        check = partial(probe, data, param=param, max_pixels=limits.max_image_pixels)
     if len(data) > _THREAD_PROBE_BYTES:
-        return await asyncio.to_thread(probe, data, param=param, max_pixels=limits.max_image_pixels)
-    return probe(data, param=param, max_pixels=limits.max_image_pixels)
+        return await asyncio.to_thread(check)
+    return check()
 
 
 async def _gather_in_order(coros: list[Coroutine[Any, Any, Image]]) -> list[Image]:
