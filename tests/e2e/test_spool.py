@@ -103,7 +103,15 @@ class Gw:
         return count
 
     def all_fds(self) -> int:
-        return len(os.listdir(f"/proc/{self.pid}/fd"))
+        return len(self.fd_targets())
+
+    def fd_targets(self) -> list[str]:
+        """What the gateway's descriptors point at (files, `socket:[inode]`, ...)."""
+        out = []
+        for fd in os.listdir(f"/proc/{self.pid}/fd"):
+            with contextlib.suppress(OSError):
+                out.append(os.readlink(f"/proc/{self.pid}/fd/{fd}"))
+        return out
 
     def wait_no_spool_fds(self, timeout: float = 15) -> None:
         deadline = time.monotonic() + timeout
@@ -169,11 +177,15 @@ def test_success_through_the_sdk_leaves_no_descriptor(settled: Gw) -> None:
         assert sent["files"][0]["size"] == len(UPLOAD)  # the upstream got every byte
         assert gw.balance() < before
         gw.wait_no_spool_fds()
-        fds = gw.all_fds()  # pools are warm now: one connection from this client
+        fds = gw.fd_targets()  # pools are warm now: one connection from this client
         for _ in range(6):
             client.images.edit(model="gpt-image-1", image=("a.png", UPLOAD), prompt="again")
         gw.wait_no_spool_fds()
-        assert gw.all_fds() <= fds + 2  # keep-alive connections may come and go; no growth
+        # No growth: a descriptor leaked per request would be 6 more. Keep-alive connections
+        # and lazily opened pool connections may come and go under load (once +3 in CI).
+        after = gw.fd_targets()
+        new = sorted(set(after) - set(fds))
+        assert len(after) <= len(fds) + 4, f"new descriptors: {new}"
 
 
 def test_a_json_data_url_is_spooled_and_sent_whole(settled: Gw) -> None:
