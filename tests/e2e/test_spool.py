@@ -102,9 +102,6 @@ class Gw:
             count += target.startswith(prefix)
         return count
 
-    def all_fds(self) -> int:
-        return len(self.fd_targets())
-
     def fd_targets(self) -> list[str]:
         """What the gateway's descriptors point at (files, `socket:[inode]`, ...)."""
         out = []
